@@ -1,0 +1,61 @@
+"""One registry of models: bundled folders under ``napari_brainuad/weights`` or a user's own folder.
+
+A model folder holds ``card.json`` (validated against the card schema) and, for learned
+families, ``weights.safetensors``. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+
+from .base import AnomalyModel
+from .card import ModelCard, ModelError, read_card
+from .intensity import IntensityBaseline
+
+FAMILIES: dict[str, type[AnomalyModel]] = {"intensity": IntensityBaseline}
+"""Family name (the card's ``family``) -> model class."""
+
+
+def bundled_folder() -> Path:
+    return Path(str(files("napari_brainuad") / "weights"))
+
+
+def available_models() -> list[ModelCard]:
+    """Cards of the bundled models, sorted by name."""
+    folders = sorted(p.parent for p in bundled_folder().glob("*/card.json"))
+    return [read_card(folder) for folder in folders]
+
+
+def model_names() -> list[str]:
+    return [card.name for card in available_models()]
+
+
+def find_card(name_or_path: str | Path) -> ModelCard:
+    """The card of a bundled model by name, or of a model folder given by path."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return read_card(path)
+    for card in available_models():
+        if card.name == str(name_or_path):
+            return card
+    raise ModelError(f"{name_or_path}: no such model (bundled: {', '.join(model_names())}; or give a model folder).")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; other names pass through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device}: no CUDA GPU is available here; use --device cpu or auto.")
+    return device
+
+
+def load_model(name_or_path: str | Path, device: str = "auto") -> AnomalyModel:
+    """Build the model named by a card, load its safetensors weights, move it to ``device``."""
+    card = find_card(name_or_path)
+    family = FAMILIES.get(card.family)
+    if family is None:
+        raise ModelError(f"{card.folder}: unknown model family '{card.family}' (known: {', '.join(FAMILIES)}).")
+    return family(card, resolve_device(device))

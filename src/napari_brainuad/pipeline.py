@@ -1,0 +1,278 @@
+"""The detection engine: ``detect`` for one scan, ``batch`` for a folder.
+
+The widgets and the command line call these and nothing lower. Data flows one way:
+volume -> preprocess -> model.reconstruct -> scoring -> back to the native grid -> Result.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .io import InputError, Volume, atomic_write, is_image_path, read_volume, stem, write_volume
+from .models import AnomalyModel, ModelError, load_model
+from .preprocess import SkullStrip, iter_preprocess
+from .progress import Step, Steps, run, scaled
+from .scoring import Finding, ScoringConfig, anomaly_map, findings
+from .template import Template
+
+OUTPUT_KINDS = ("reconstruction", "anomaly", "mask", "findings")
+FINDING_COLUMNS = ["label", "volume_ml", "peak_score", "mean_score", "centroid_x_mm", "centroid_y_mm",
+                   "centroid_z_mm", "n_voxels"]
+SUMMARY_COLUMNS = ["file", "status", "message", "model", "t_int", "threshold", "n_findings", "lesion_volume_ml",
+                   "max_score", "seconds"]
+
+
+@dataclass(eq=False)
+class Result:
+    """Outputs of one detection, on the input's own grid.
+
+    reconstruction, anomaly_map : (X, Y, Z) float32 on ``volume``'s grid (intensities in the
+        model's normalised [0, 1] units; zero outside the brain).
+    mask : (X, Y, Z) int32 labels of the findings (0 = background, 1 = largest finding).
+    template_arrays : the same quantities on the model grid, for evaluation.
+    """
+
+    volume: Volume
+    model: str
+    t_int: int | None
+    threshold: float
+    reconstruction: np.ndarray
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    findings: list[Finding]
+    brain_mask: np.ndarray
+    template_arrays: dict = field(repr=False, default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def with_threshold(self, threshold: float, min_volume_ml: float = 0.0) -> "Result":
+        """The same result re-thresholded (no model run): new mask and findings."""
+        labels, found = threshold_map(self.anomaly_map, threshold, self.volume.affine, min_volume_ml)
+        return replace(self, threshold=float(threshold), mask=labels, findings=found)
+
+
+def threshold_map(score: np.ndarray, threshold: float, affine: np.ndarray,
+                  min_volume_ml: float = 0.0) -> tuple[np.ndarray, list[Finding]]:
+    """Label image and findings of ``score >= threshold``, dropping findings under ``min_volume_ml``."""
+    labels, found = findings(score, score >= threshold, affine)
+    small = [f.label for f in found if f.volume_ml < min_volume_ml]
+    if small:
+        keep = [f for f in found if f.volume_ml >= min_volume_ml]
+        relabel = np.zeros(len(found) + 1, np.int32)
+        for new, f in enumerate(keep, start=1):
+            relabel[f.label] = new
+        labels = relabel[labels]
+        found = [replace(f, label=new) for new, f in enumerate(keep, start=1)]
+    return labels, found
+
+
+def detect(volume: Volume, model: AnomalyModel, **kwargs) -> Result:
+    """Run detection on one volume; see :func:`iter_detect` for the options."""
+    return run(iter_detect(volume, model, **kwargs))
+
+
+def iter_detect(
+    volume: Volume,
+    model: AnomalyModel,
+    t_int: int | None = None,
+    threshold: float | None = None,
+    skull_strip: SkullStrip = "auto",
+    register: bool = True,
+    brain_mask: np.ndarray | None = None,
+    scoring: ScoringConfig | None = None,
+    min_volume_ml: float = 0.0,
+    seed: int = 0,
+    template: Template | None = None,
+) -> Steps[Result]:
+    """Detect anomalies in ``volume`` with ``model``, yielding progress steps.
+
+    Parameters
+    ----------
+    t_int : diffusion noise level (diffusion families only; the card's default when None).
+    threshold : anomaly-score threshold; the card's calibrated default when None.
+    skull_strip, register, brain_mask : see :func:`napari_brainuad.preprocess.iter_preprocess`.
+    scoring : anomaly-map switches; the card's ``scoring`` when None.
+    min_volume_ml : findings smaller than this are dropped from the mask.
+    seed : seeds every stochastic step; the same seed gives the same map.
+    """
+    card = model.card
+    t_int = _check_t_int(card, t_int)
+    threshold = float(card.threshold if threshold is None else threshold)
+    scoring = scoring or ScoringConfig.from_card(card.scoring)
+    template = template or _card_template(card)
+    clock = {"start": time.perf_counter()}
+    pre = yield from scaled(iter_preprocess(volume, template=template, skull_strip=skull_strip, register=register,
+                                            brain_mask=brain_mask, device=model.device, seed=seed), 0.0, 0.3)
+    clock["preprocess"] = time.perf_counter()
+    recon = yield from scaled(model.iter_reconstruct(pre.image, pre.mask, t_int=t_int, seed=seed), 0.3, 0.9)
+    clock["model"] = time.perf_counter()
+    yield Step("scoring", 0.9)
+    score = anomaly_map(pre.image, recon, pre.mask, scoring)
+    yield Step("mapping back to the input grid", 0.95)
+    native_score = np.clip(pre.to_native(score), 0.0, None)
+    native_recon = pre.to_native(recon)
+    labels, found = threshold_map(native_score, threshold, volume.affine, min_volume_ml)
+    clock["scoring"] = time.perf_counter()
+    seconds = {"preprocess": clock["preprocess"] - clock["start"], "model": clock["model"] - clock["preprocess"],
+               "scoring": clock["scoring"] - clock["model"], "total": clock["scoring"] - clock["start"]}
+    yield Step("done", 1.0)
+    return Result(volume, model.name, t_int, threshold, native_recon, native_score, labels, found, pre.native_mask,
+                  {"image": pre.image, "mask": pre.mask, "reconstruction": recon, "anomaly_map": score,
+                   "preprocessed": pre}, seconds)
+
+
+def _check_t_int(card, t_int):
+    if not card.is_diffusion:
+        if t_int is not None:
+            raise ModelError(f"model {card.name}: t_int applies only to diffusion models ({card.family} is not one).")
+        return None
+    rng = card.t_int
+    t_int = rng["default"] if t_int is None else int(t_int)
+    if not rng["min"] <= t_int <= rng["max"]:
+        raise ModelError(f"model {card.name}: t_int {t_int} is outside the range {rng['min']}-{rng['max']}.")
+    return t_int
+
+
+def _card_template(card) -> Template:
+    """The template grid a card names (the MNI152 2 mm model grid)."""
+    from .template import MNI_NAME, MNI_SHAPE, mni152
+
+    if card.template == MNI_NAME and tuple(card.grid_shape) == MNI_SHAPE:
+        return mni152()
+    raise ModelError(f"model {card.name}: its grid ({card.template}, {card.grid_shape}) is not one this plugin provides.")
+
+
+# ---- files ---------------------------------------------------------------------------------
+
+def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    """Where the outputs for input stem ``name`` go."""
+    out_dir = Path(out_dir)
+    return {"reconstruction": out_dir / f"{name}_reconstruction.nii.gz", "anomaly": out_dir / f"{name}_anomaly.nii.gz",
+            "mask": out_dir / f"{name}_mask.nii.gz", "findings": out_dir / f"{name}_findings.csv"}
+
+
+def save_result(result: Result, out_dir: Path, name: str | None = None) -> dict[str, Path]:
+    """Write the four outputs on the input's grid (same shape and affine); the CSV last."""
+    paths = output_paths(out_dir, name or result.volume.name)
+    write_volume(paths["reconstruction"], result.reconstruction, result.volume)
+    write_volume(paths["anomaly"], result.anomaly_map, result.volume)
+    write_volume(paths["mask"], result.mask, result.volume, dtype=np.int32)
+    write_csv(paths["findings"], FINDING_COLUMNS, [_finding_row(f) for f in result.findings])
+    return paths
+
+
+def _finding_row(f: Finding) -> dict:
+    x, y, z = f.centroid_mm
+    return {"label": f.label, "volume_ml": f"{f.volume_ml:.4f}", "peak_score": f"{f.peak_score:.5g}",
+            "mean_score": f"{f.mean_score:.5g}", "centroid_x_mm": f"{x:.2f}", "centroid_y_mm": f"{y:.2f}",
+            "centroid_z_mm": f"{z:.2f}", "n_voxels": f.n_voxels}
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Write a CSV atomically."""
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+
+
+# ---- batch ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchItem:
+    """What happened to one file of a batch (a row of ``summary.csv``)."""
+
+    file: Path
+    status: str  # "ok", "skipped" (complete outputs already there) or "error"
+    message: str = ""
+    n_findings: int | None = None
+    lesion_volume_ml: float | None = None
+    max_score: float | None = None
+    seconds: float | None = None
+
+
+def find_inputs(input_dir: Path, pattern: str = "*.nii*") -> list[Path]:
+    """Image files under ``input_dir`` matching ``pattern`` (``**/`` patterns recurse), sorted."""
+    return sorted(p for p in Path(input_dir).glob(pattern) if is_image_path(p))
+
+
+def check_out_dir(input_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder that is, or lies inside, the input folder."""
+    src, dst = Path(input_dir).resolve(), Path(out_dir).resolve()
+    if dst == src or src in dst.parents:
+        raise InputError(f"{out_dir}: output folder lies inside the input folder {input_dir}; choose another.")
+
+
+def batch(input_dir: Path, out_dir: Path, model: AnomalyModel, **kwargs) -> list[BatchItem]:
+    """Run a folder; see :func:`iter_batch`."""
+    return run(iter_batch(input_dir, out_dir, model, **kwargs))
+
+
+def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str = "*.nii*",
+               threshold: float | None = None, t_int: int | None = None, **detect_options) -> Steps[list[BatchItem]]:
+    """Detect in every matching file, write its outputs and ``summary.csv``; yield progress.
+
+    A bad file becomes an ``error`` row and the batch goes on. Files whose four outputs exist
+    are ``skipped`` (resume). ``summary.csv`` is rewritten atomically after every file.
+    """
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"{input_dir}: not a folder.")
+    check_out_dir(input_dir, out_dir)
+    files = find_inputs(input_dir, pattern)
+    if not files:
+        raise InputError(f"{input_dir}: no files match '{pattern}'.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items: list[BatchItem] = []
+    for i, path in enumerate(files):
+        name = _output_name(path, input_dir)
+        paths = output_paths(out_dir, name)
+        start = time.perf_counter()
+        if all(p.exists() for p in paths.values()):
+            items.append(_from_existing(path, paths["findings"]))
+        else:
+            try:
+                volume = read_volume(path)
+                result = yield from scaled(iter_detect(volume, model, t_int=t_int, threshold=threshold,
+                                                       **detect_options), i / len(files), (i + 1) / len(files))
+                save_result(result, out_dir, name)
+                items.append(BatchItem(path, "ok", "", len(result.findings),
+                                       sum(f.volume_ml for f in result.findings),
+                                       max((f.peak_score for f in result.findings), default=None),
+                                       time.perf_counter() - start))
+            except (InputError, ModelError) as exc:
+                items.append(BatchItem(path, "error", str(exc)))
+        write_summary(out_dir / "summary.csv", items, model, t_int, threshold)
+        yield Step(f"{path.name}: {items[-1].status}", (i + 1) / len(files))
+    return items
+
+
+def _output_name(path: Path, input_dir: Path) -> str:
+    rel = path.relative_to(input_dir)
+    return "_".join([*rel.parent.parts, stem(rel)])
+
+
+def _from_existing(path: Path, findings_csv: Path) -> BatchItem:
+    with open(findings_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return BatchItem(path, "skipped", "outputs already complete", len(rows),
+                     sum(float(r["volume_ml"]) for r in rows), max((float(r["peak_score"]) for r in rows), default=None))
+
+
+def write_summary(path: Path, items: list[BatchItem], model: AnomalyModel, t_int, threshold) -> None:
+    threshold = model.card.threshold if threshold is None else threshold
+    rows = [{"file": str(it.file), "status": it.status, "message": it.message, "model": model.name,
+             "t_int": "" if t_int is None else t_int, "threshold": threshold,
+             "n_findings": "" if it.n_findings is None else it.n_findings,
+             "lesion_volume_ml": "" if it.lesion_volume_ml is None else f"{it.lesion_volume_ml:.4f}",
+             "max_score": "" if it.max_score is None else f"{it.max_score:.5g}",
+             "seconds": "" if it.seconds is None else f"{it.seconds:.2f}"} for it in items]
+    write_csv(path, SUMMARY_COLUMNS, rows)
+
+
+__all__ = ["Result", "detect", "iter_detect", "batch", "iter_batch", "save_result", "load_model", "BatchItem"]
