@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny synthetic scans made from nilearn's bundled MNI template (offline)."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_brainuad.template import mni152
+
+LESION_CENTRE_MM = np.array([28.0, -16.0, 42.0])
+"""World position (RAS mm) of the dark lesion implanted in :func:`phantom_scan`."""
+
+
+def phantom_scan(step: int = 2, lesion: bool = True) -> nib.Nifti1Image:
+    """The skull-stripped MNI template at ``2 * step`` mm with an optional dark 10 mm-radius lesion.
+
+    Stored in LPS voxel order (axes 0 and 1 flipped) so that orientation handling is exercised.
+    """
+    tpl = mni152()
+    data = tpl.image[::step, ::step, ::step].astype(np.float32) * 1000.0
+    affine = tpl.affine.copy()
+    affine[:3, :3] *= step
+    if lesion:
+        ijk = np.indices(data.shape).reshape(3, -1).T
+        world = ijk @ affine[:3, :3].T + affine[:3, 3]
+        inside = (np.linalg.norm(world - LESION_CENTRE_MM, axis=1) < 10.0).reshape(data.shape)
+        data[inside & (data > 0)] = 50.0
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = np.array(data.shape[:2]) - 1
+    return nib.Nifti1Image(data[::-1, ::-1, :].copy(), affine @ flip)
+
+
+def near_lesion(findings, tolerance_mm: float = 6.0):
+    """The findings whose centroid lies within ``tolerance_mm`` of the implanted lesion."""
+    return [f for f in findings if np.linalg.norm(np.array(f.centroid_mm) - LESION_CENTRE_MM) < tolerance_mm]
+
+
+@pytest.fixture
+def phantom_path(tmp_path):
+    path = tmp_path / "in" / "sub-01_T1w.nii.gz"
+    path.parent.mkdir()
+    nib.save(phantom_scan(), path)
+    return path

@@ -1,0 +1,95 @@
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import LESION_CENTRE_MM, near_lesion, phantom_scan
+from napari_brainuad.cli import main
+from napari_brainuad.io import InputError, read_volume
+from napari_brainuad.models import load_model
+from napari_brainuad.pipeline import batch, detect, output_paths
+
+
+def test_detect_finds_implanted_lesion_on_input_grid(phantom_path):
+    volume = read_volume(phantom_path)
+    result = detect(volume, load_model("intensity-t1", "cpu"), register=False)
+    assert result.anomaly_map.shape == volume.shape == result.mask.shape == result.reconstruction.shape
+    hits = near_lesion(result.findings)
+    assert len(hits) == 1, "the dark lesion should be found once"
+    assert 1.0 < hits[0].volume_ml < 8.0  # the sphere is 4.2 ml; median filtering changes its edge a bit
+
+
+def test_rethreshold_without_rerun(phantom_path):
+    result = detect(read_volume(phantom_path), load_model("intensity-t1", "cpu"), register=False)
+    higher = result.with_threshold(result.threshold + 0.1)
+    assert (higher.mask > 0).sum() < (result.mask > 0).sum()
+    assert higher.anomaly_map is result.anomaly_map
+    empty = result.with_threshold(float(result.anomaly_map.max()) + 1)
+    assert empty.findings == [] and not empty.mask.any()
+
+
+def test_cli_detect_writes_four_files_on_input_grid(phantom_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["detect", str(phantom_path), "--model", "intensity-t1", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    src = nib.load(phantom_path)
+    paths = output_paths(out, "sub-01_T1w")
+    for kind in ("reconstruction", "anomaly", "mask"):
+        img = nib.load(paths[kind])
+        assert img.shape == src.shape
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    with open(paths["findings"]) as f:
+        rows = list(csv.DictReader(f))
+    centres = np.array([[float(r[f"centroid_{a}_mm"]) for a in "xyz"] for r in rows])
+    assert (np.linalg.norm(centres - LESION_CENTRE_MM, axis=1) < 6.0).sum() == 1
+    mask = np.asarray(nib.load(paths["mask"]).dataobj)
+    assert set(np.unique(mask)) == set(range(len(rows) + 1))
+
+
+def test_cli_bad_input_is_one_sentence_and_nonzero(tmp_path, capsys):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not an image at all")
+    code = main(["detect", str(bad), "--model", "intensity-t1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert str(bad) in err and "Traceback" not in err and err.count("\n") == 0
+
+
+def test_cli_unknown_model(tmp_path, phantom_path, capsys):
+    assert main(["detect", str(phantom_path), "--model", "nope", "--out", str(tmp_path / "o")]) != 0
+    assert "no such model" in capsys.readouterr().err
+
+
+def test_batch_goes_on_after_a_bad_file_and_resumes(tmp_path):
+    src = tmp_path / "cohort"
+    src.mkdir()
+    nib.save(phantom_scan(step=3), src / "a.nii.gz")
+    (src / "b.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    nib.save(phantom_scan(step=3, lesion=False), src / "c.nii.gz")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    out = tmp_path / "out"
+    model = load_model("intensity-t1", "cpu")
+    items = batch(src, out, model, register=False)
+    assert [it.status for it in items] == ["ok", "error", "ok"]
+    assert "b.nii.gz" in items[1].message
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # inputs untouched
+    again = batch(src, out, model, register=False)
+    assert [it.status for it in again] == ["skipped", "error", "skipped"]
+    assert again[0].n_findings == items[0].n_findings
+
+
+def test_batch_refuses_output_inside_input(tmp_path):
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="inside the input folder"):
+        batch(tmp_path, tmp_path / "out", load_model("intensity-t1", "cpu"))
+
+
+@pytest.mark.slow
+def test_detect_with_registration(phantom_path):
+    volume = read_volume(phantom_path)
+    result = detect(volume, load_model("intensity-t1", "cpu"), register=True)
+    assert len(near_lesion(result.findings, 8.0)) == 1

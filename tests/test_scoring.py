@@ -1,0 +1,75 @@
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_brainuad.scoring import (ScoringConfig, anomaly_map, calibrate_threshold, findings,
+                                     shift_tolerant_residual)
+
+
+def brute_force_residual(x, y, shift):
+    best = np.full(x.shape, np.inf)
+    for idx in np.ndindex(x.shape):
+        for d in itertools.product(range(-shift, shift + 1), repeat=x.ndim):
+            j = tuple(min(max(i + o, 0), n - 1) for i, o, n in zip(idx, d, x.shape))
+            best[idx] = min(best[idx], abs(x[idx] - y[j]))
+    return best
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+def test_shift_tolerant_residual_matches_brute_force(shift):
+    rng = np.random.default_rng(shift)
+    x, y = rng.random((6, 7, 5)), rng.random((6, 7, 5))
+    np.testing.assert_allclose(shift_tolerant_residual(x, y, shift), brute_force_residual(x, y, shift), rtol=1e-6)
+
+
+def test_shift_tolerance_forgives_a_one_voxel_misalignment():
+    x = np.zeros((20, 20, 20))
+    x[5:15, 5:15, 5:15] = 1.0
+    moved = np.roll(x, 1, axis=0)
+    assert shift_tolerant_residual(x, moved, 0).max() == 1.0
+    assert shift_tolerant_residual(x, moved, 1).max() == 0.0
+
+
+def test_anomaly_map_switches():
+    rng = np.random.default_rng(0)
+    x = rng.random((24, 24, 24)).astype(np.float32)
+    mask = np.zeros(x.shape, bool)
+    mask[4:20, 4:20, 4:20] = True
+    recon = np.zeros_like(x)
+    plain = anomaly_map(x, recon, mask, ScoringConfig(shift=0, minmax=False, median_size=0, erode=0))
+    np.testing.assert_allclose(plain, np.where(mask, x, 0))
+    eroded = anomaly_map(x, recon, mask, ScoringConfig(shift=0, median_size=0, erode=2))
+    assert not eroded[mask & ~ndimage.binary_erosion(mask, iterations=2)].any()
+    scaled = anomaly_map(x, recon, mask, ScoringConfig(shift=0, minmax=True, median_size=0, erode=0))
+    assert scaled[mask].min() == 0.0 and scaled[mask].max() == pytest.approx(1.0)
+    smooth = anomaly_map(x, recon, mask, ScoringConfig(shift=0, median_size=3, erode=0))
+    assert smooth[mask].std() < plain[mask].std()
+
+
+def test_calibrate_threshold_flags_at_most_the_fraction():
+    rng = np.random.default_rng(1)
+    maps = [rng.random((10, 10, 10)) for _ in range(3)]
+    masks = [np.ones((10, 10, 10), bool)] * 3
+    t = calibrate_threshold(maps, masks, 0.01)
+    flagged = np.mean(np.concatenate([m[k] for m, k in zip(maps, masks)]) >= t)
+    assert 0.005 < flagged <= 0.01
+
+
+def test_findings_volumes_centroids_and_order():
+    score = np.zeros((30, 30, 30), np.float32)
+    mask = np.zeros(score.shape, bool)
+    mask[2:4, 2:4, 2:4] = True  # 8 voxels
+    mask[10:20, 10:20, 10:20] = True  # 1000 voxels, largest -> label 1
+    score[mask] = 0.5
+    score[15, 15, 15] = 0.9
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-10, 0, 5]
+    labels, found = findings(score, mask, affine)
+    assert [f.n_voxels for f in found] == [1000, 8]
+    assert found[0].volume_ml == pytest.approx(8.0) and found[1].volume_ml == pytest.approx(0.064)
+    assert found[0].peak_score == pytest.approx(0.9)
+    np.testing.assert_allclose(found[0].centroid_mm, [-10 + 2 * 14.5, 2 * 14.5, 5 + 2 * 14.5])
+    assert labels[15, 15, 15] == 1 and labels[3, 3, 3] == 2 and labels[0, 0, 0] == 0
+    assert findings(score, np.zeros_like(mask), affine)[1] == []

@@ -1,0 +1,29 @@
+"""``python -m training COMMAND``: the commands that produce and measure every bundled weight and figure."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {"bench-preprocess": "bench_preprocess", "calibrate": "calibrate"}
+"""Sub-command -> module of this package (imported only when used)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    argv = sys.argv[1:] if argv is None else argv
+    for name, module_name in COMMANDS.items():
+        if argv[:1] not in ([name], []) and argv[0] not in ("-h", "--help"):
+            sub.add_parser(name)
+            continue
+        module = importlib.import_module(f"training.{module_name}")
+        p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
