@@ -5,7 +5,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = {"bench-preprocess": "bench_preprocess", "calibrate": "calibrate"}
+COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate",
+            "bench-preprocess": "bench_preprocess"}
 """Sub-command -> module of this package (imported only when used)."""
 
 

@@ -49,20 +49,27 @@ def score_support(mask: np.ndarray, config: ScoringConfig) -> np.ndarray:
 
 
 def main(args) -> int:
-    model = load_model(args.model, args.device)
+    result = calibrate_folder(args.model, args.data, args.cache, args.max_flagged, args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def calibrate_folder(model_ref, data_dir: Path, cache: Path, max_flagged: float = 0.005, device: str = "auto") -> dict:
+    """Set a model card's threshold from the healthy val split; measure flagged voxels on test."""
+    model = load_model(model_ref, device)
     start = time.perf_counter()
     t_int = model.card.t_int["default"] if model.card.is_diffusion else None
-    val_maps, val_masks = healthy_maps(model, split_files(args.data, "val"), args.cache, t_int)
-    threshold = calibrate_threshold(val_maps, val_masks, args.max_flagged)
-    test_maps, test_masks = healthy_maps(model, split_files(args.data, "test"), args.cache, t_int)
+    val_maps, val_masks = healthy_maps(model, split_files(data_dir, "val"), cache, t_int)
+    threshold = calibrate_threshold(val_maps, val_masks, max_flagged)
+    test_maps, test_masks = healthy_maps(model, split_files(data_dir, "test"), cache, t_int)
     flagged = [float((m[k] >= threshold).mean()) for m, k in zip(test_maps, test_masks)]
-    card = find_card(args.model)
+    card = find_card(model_ref)
     data = dict(card.data)
     data["threshold"] = threshold
     data["metrics"] = dict(data.get("metrics", {}))
     data["metrics"]["calibration"] = {
-        "command": f"python -m training calibrate {args.model} --max-flagged {args.max_flagged}",
-        "data": f"IXI val split ({len(val_maps)} healthy T1 scans)", "max_flagged": args.max_flagged,
+        "command": f"python -m training calibrate {card.name} --max-flagged {max_flagged}",
+        "data": f"IXI val split ({len(val_maps)} healthy T1 scans)", "max_flagged": max_flagged,
         "threshold": threshold, "t_int": t_int,
         "machine": f"{platform.machine()}, {platform.system()}", "seconds": round(time.perf_counter() - start, 1),
     }
@@ -73,5 +80,4 @@ def main(args) -> int:
     summary["healthy test voxels flagged"] = float(np.mean(flagged))
     data["metrics"]["summary"] = summary
     write_card(card.folder, data)
-    print(json.dumps({"threshold": threshold, "healthy_test_flagged": flagged}, indent=2))
-    return 0
+    return {"threshold": threshold, "healthy_test_flagged": flagged}

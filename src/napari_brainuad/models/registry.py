@@ -13,8 +13,10 @@ import torch
 from .base import AnomalyModel
 from .card import ModelCard, ModelError, read_card
 from .intensity import IntensityBaseline
+from .slicewise import DDPMModel, SliceModel, VAEModel
 
-FAMILIES: dict[str, type[AnomalyModel]] = {"intensity": IntensityBaseline}
+FAMILIES: dict[str, type[AnomalyModel]] = {
+    "intensity": IntensityBaseline, "ae": SliceModel, "vae": VAEModel, "dae": SliceModel, "ddpm": DDPMModel}
 """Family name (the card's ``family``) -> model class."""
 
 

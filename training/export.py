@@ -1,0 +1,63 @@
+"""Export a trained run into a model folder (safetensors weights + card), then calibrate it.
+
+``python -m training export runs/NAME`` writes ``src/napari_brainuad/weights/NAME/`` by default:
+the network's tensors as safetensors and a card with the recipe, how it was trained (command,
+steps, wall time, machine) and the training data's attribution; then sets the default threshold
+from the healthy ``val`` split (see ``calibrate``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from napari_brainuad.io import atomic_write
+from napari_brainuad.models import write_card
+from napari_brainuad.models.registry import bundled_folder
+from napari_brainuad.template import MNI_NAME, MNI_SHAPE
+
+from .calibrate import calibrate_folder
+from .fit import CHECKPOINT
+
+IXI = ("IXI train split: 34 healthy T1 scans (Hammersmith Hospital, Philips 3T, age 24-74), "
+       "IXI dataset, CC BY-SA 3.0, brain-development.org/ixi-dataset")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder written by 'fit'")
+    p.add_argument("--to", type=Path, help="model folder (default: the plugin's bundled weights/NAME)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
+    p.add_argument("--cache", type=Path, default=Path("cache/ixi"))
+    p.add_argument("--max-flagged", type=float, default=0.005)
+    p.add_argument("--device", default="auto")
+
+
+def main(args) -> int:
+    recipe = json.loads((args.run / "recipe.json").read_text())
+    saved = torch.load(args.run / CHECKPOINT, map_location="cpu", weights_only=True)
+    folder = args.to or bundled_folder() / recipe["name"]
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in saved["network"].items()}
+    atomic_write(folder / "weights.safetensors", lambda tmp: save_file(tensors, tmp))
+    cfg = recipe["training"]
+    card = {
+        "name": recipe["name"], "family": recipe["family"], "description": recipe["description"],
+        "modality": "T1", "spatial_dims": 2, "template": MNI_NAME, "grid_shape": list(MNI_SHAPE), "spacing_mm": 2.0,
+        "normalisation": "percentiles 0.5-99.5 inside the brain mask mapped to [0, 1], clipped",
+        "architecture": recipe["architecture"], "weights": "weights.safetensors", "scoring": recipe["scoring"],
+        "threshold": 0.0, "t_int": recipe.get("t_int"),
+        "training": {"data": IXI, "recipe": f"training/recipes/{recipe['name']}.json",
+                     "command": f"python -m training fit training/recipes/{recipe['name']}.json --data cache/ixi "
+                                f"--out runs/{recipe['name']}",
+                     "steps": int(saved["step"]), "batch_size": cfg["batch_size"], "seed": cfg["seed"],
+                     "wall_time_s": round(float(saved["seconds"]), 1), "machine": saved["machine"],
+                     "parameters": int(sum(v.numel() for v in tensors.values()))},
+        "metrics": {},
+    }
+    write_card(folder, card)
+    calibrate_folder(folder, args.data, args.cache, args.max_flagged, args.device)
+    print(f"exported {recipe['name']} -> {folder}")
+    return 0
