@@ -1,7 +1,8 @@
 """From a reconstruction to an anomaly map, a mask and findings.
 
 The anomaly map follows the seed pipeline, each step a switch (see :class:`ScoringConfig`):
-shift-tolerant residual, optional min-max normalisation, median filter, eroded brain mask.
+shift-tolerant residual, optionally weighted by the LPIPS map (the conditional-diffusion seed),
+optional min-max normalisation, median filter, eroded brain mask.
 Sizes are in voxels of the grid the arrays live on (the 2 mm model grid for bundled models:
 the seed's median size 5 and 6 erosions at 1 mm become 3 and 3).
 """
@@ -23,12 +24,15 @@ class ScoringConfig:
     minmax : rescale the map to [0, 1] inside the brain (per volume).
     median_size : side of the cubic median filter (0 or 1 = off).
     erode : binary erosions of the brain mask before masking the map (0 = off).
+    lpips : multiply the residual by the LPIPS (AlexNet) map of each axial slice
+        (:func:`napari_brainuad.lpips_offline.lpips_map`; bundled weights, offline).
     """
 
     shift: int = 1
     minmax: bool = False
     median_size: int = 3
     erode: int = 3
+    lpips: bool = False
 
     @classmethod
     def from_card(cls, scoring: dict) -> "ScoringConfig":
@@ -52,9 +56,16 @@ def shift_tolerant_residual(image: np.ndarray, reconstruction: np.ndarray, shift
 
 
 def anomaly_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
-                config: ScoringConfig = ScoringConfig()) -> np.ndarray:
-    """Anomaly score per voxel (float32, same shape), zero outside the eroded brain mask."""
+                config: ScoringConfig = ScoringConfig(), *, device="cpu") -> np.ndarray:
+    """Anomaly score per voxel (float32, same shape), zero outside the eroded brain mask.
+
+    ``device`` runs the LPIPS network when ``config.lpips`` is on (images in [0, 1]).
+    """
     score = shift_tolerant_residual(image, reconstruction, config.shift)
+    if config.lpips:
+        from .lpips_offline import lpips_map  # torch, only when asked for
+
+        score = score * lpips_map(image, reconstruction, mask, device)
     brain = ndimage.binary_erosion(mask, iterations=config.erode) if config.erode > 0 else mask
     score = np.where(brain, score, 0.0)
     if config.minmax and brain.any():

@@ -35,6 +35,7 @@ SCHEMA = {
                 "minmax": {"type": "boolean"},
                 "median_size": {"type": "integer", "minimum": 0, "maximum": 11},
                 "erode": {"type": "integer", "minimum": 0, "maximum": 10},
+                "lpips": {"type": "boolean"},
             },
         },
         "threshold": {"type": "number"},
