@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate",
+COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "evaluate": "evaluate",
             "bench-preprocess": "bench_preprocess"}
 """Sub-command -> module of this package (imported only when used)."""
 

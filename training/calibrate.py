@@ -36,7 +36,7 @@ def healthy_maps(model, files, cache, t_int=None):
     for path in tqdm(files, desc=model.name):
         image, mask = load_preprocessed(path, cache)
         recon = model.reconstruct(image, mask, t_int=t_int)
-        score = anomaly_map(image, recon, mask, config)
+        score = anomaly_map(image, recon, mask, config, device=model.device)
         maps.append(score)
         masks.append(score_support(mask, config))
     return maps, masks

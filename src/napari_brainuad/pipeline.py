@@ -111,7 +111,7 @@ def iter_detect(
     recon = yield from scaled(model.iter_reconstruct(pre.image, pre.mask, t_int=t_int, seed=seed), 0.3, 0.9)
     clock["model"] = time.perf_counter()
     yield Step("scoring", 0.9)
-    score = anomaly_map(pre.image, recon, pre.mask, scoring)
+    score = anomaly_map(pre.image, recon, pre.mask, scoring, device=model.device)
     yield Step("mapping back to the input grid", 0.95)
     native_score = np.clip(pre.to_native(score), 0.0, None)
     native_recon = pre.to_native(recon)

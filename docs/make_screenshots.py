@@ -1,0 +1,72 @@
+"""Regenerate the README screenshots from the real napari window.
+
+Run under a virtual display from the repository root:
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--model NAME]
+Writes docs/images/detect.png (sample + overlays + widget), threshold.png (histogram and findings)
+and batch.png (the batch widget after a run over a temporary folder).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+from napari_brainuad._sample_data import mslub_patient26
+from napari_brainuad.sample import SAMPLE_MODEL, sample_path
+from napari_brainuad.widgets import BatchWidget, DetectWidget
+
+OUT = Path(__file__).parent / "images"
+
+
+def wait(widget) -> None:
+    while widget.worker is not None:
+        QApplication.processEvents()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=SAMPLE_MODEL)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    for data, kwargs, kind in mslub_patient26():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    viewer.layers[1].visible = False  # expert lesions hidden; shown as contour below
+    widget = DetectWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Detect anomalies", area="right")
+    widget.image.value = viewer.layers[0]
+    widget.model.setCurrentText(args.model)
+    widget.run()
+    wait(widget)
+    QApplication.processEvents()
+    truth = viewer.layers[1]
+    truth.visible, truth.contour, truth.opacity = True, 1, 1.0
+    viewer.dims.set_point(0, 22.0)  # an axial slice through periventricular lesions (z = 22 mm)
+    QApplication.processEvents()
+    viewer.screenshot(str(OUT / "detect.png"), canvas_only=False)
+    widget.grab().save(str(OUT / "threshold.png"))
+
+    batch = BatchWidget(viewer)
+    viewer.window.add_dock_widget(batch, name="Batch detection", area="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort = Path(tmp) / "cohort"
+        cohort.mkdir()
+        shutil.copy(sample_path(), cohort / "sub-01_T1w.nii.gz")
+        (cohort / "sub-02_T1w.nii.gz").write_bytes(b"not a scan")
+        batch.input_dir.value, batch.out_dir.value = cohort, Path(tmp) / "results"
+        batch.pattern.setText("*_T1w.nii.gz")
+        batch.model.setCurrentText(args.model)
+        batch.run()
+        wait(batch)
+        QApplication.processEvents()
+        batch.grab().save(str(OUT / "batch.png"))
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
