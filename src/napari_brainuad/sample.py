@@ -4,7 +4,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-SAMPLE_MODEL = "intensity-t1"
+SAMPLE_MODEL = "dae-t1"
 """Model the demo runs by default."""
 _FILES = {"T1": "mslub_patient26_T1.nii.gz", "lesions": "mslub_patient26_lesions.nii.gz"}
 
