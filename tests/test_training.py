@@ -1,5 +1,4 @@
 """The training package on tiny data: every family fits, exports, reloads and detects; resume; torchrun."""
-import copy
 import csv
 import json
 import subprocess

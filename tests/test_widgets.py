@@ -19,7 +19,8 @@ def viewer_with_scan(make_napari_viewer, phantom_path):
     return viewer
 
 
-def run_detection(widget, qtbot):
+def run_detection(widget, qtbot, model="intensity-t1"):
+    widget.model.setCurrentText(model)
     widget.register.setChecked(False)
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
@@ -28,7 +29,7 @@ def run_detection(widget, qtbot):
 def test_detect_widget_adds_layers_on_the_scan_grid(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
     widget = DetectWidget(viewer)
-    assert widget.model.currentText() == "intensity-t1" and not widget.t_int.isEnabled()
+    assert widget.model.currentText() == "dae-t1" and not widget.t_int.isEnabled()
     run_detection(widget, qtbot)
     scan = viewer.layers[0]
     names = [layer.name for layer in viewer.layers]
@@ -37,7 +38,7 @@ def test_detect_widget_adds_layers_on_the_scan_grid(viewer_with_scan, qtbot):
         assert layer.data.shape == scan.data.shape
         np.testing.assert_allclose(layer.affine.affine_matrix, scan.affine.affine_matrix)
     assert widget.table.rowCount() == len(widget.result.findings) > 0
-    run_detection(widget, qtbot)  # a second run updates the layers instead of piling up copies
+    run_detection(widget, qtbot, "dae-t1")  # a second run (learned model) updates the layers in place
     assert len(viewer.layers) == 4
 
 
@@ -81,6 +82,7 @@ def test_batch_widget_reports_bad_file_and_goes_on(make_napari_viewer, qtbot, tm
     widget.input_dir.value = src
     widget.out_dir.value = tmp_path / "out"
     widget.pattern.setText("*_T1w.nii.gz")
+    widget.model.setCurrentText("intensity-t1")
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
     assert widget.table.rowCount() == 2

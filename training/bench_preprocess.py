@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import platform
 import sys
 import time
@@ -77,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
     lesion = [("lesion", name, img, None, mask) for name, img, mask in LESION_CASES]
     template = mni152()
 
+    load_start = os.getloadavg()[0]
     # Warm-up: the first call loads deepbet's model (and torch kernels); time it, but separately.
     t0 = time.perf_counter()
     warm = _measure(data, *ixi[0], template)
@@ -94,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     bar.close()
 
     command = _command(args)
-    md = _report(rows, command, args.threads, warm_s, warm)
+    md = _report(rows, command, args.threads, warm_s, warm, (load_start, os.getloadavg()[0]))
     out = Path(args.out)
     atomic_write(out / "preprocess.csv", lambda tmp: Path(tmp).write_text(_csv(rows), encoding="utf-8"))
     atomic_write(out / "preprocess.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
@@ -244,7 +246,8 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v) if v != "" else "-"
 
 
-def _report(rows: list[dict], command: str, threads: int, warm_s: float, warm: dict) -> str:
+def _report(rows: list[dict], command: str, threads: int, warm_s: float, warm: dict,
+            load: tuple[float, float]) -> str:
     import torch
 
     ixi = [r for r in rows if r["set"] == "ixi"]
@@ -257,7 +260,10 @@ def _report(rows: list[dict], command: str, threads: int, warm_s: float, warm: d
         f"Made by `{command}` on {now}.",
         "",
         f"- Machine: {_cpu_model()}, {threads} threads (torch {torch.get_num_threads()}, SimpleITK global default), "
-        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}.",
+        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}; "
+        f"{os.cpu_count()} CPUs, 1-minute load average {load[0]:.2f} at the start and {load[1]:.2f} at the end "
+        "(other work on the machine slows the times). The registration itself runs on 1 thread "
+        "(`register_affine`, for exact repeatability).",
         f"- Versions: SimpleITK {_version('SimpleITK')}, deepbet {_version('deepbet')}, nilearn {_version('nilearn')}, "
         f"torch {_version('torch')}, numpy {_version('numpy')}, napari-brainuad {_version('napari-brainuad')}.",
         f"- Times are wall time of `preprocess(read_volume(path))` (skull stripping, affine registration, "

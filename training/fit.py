@@ -14,9 +14,7 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from napari_brainuad.io import atomic_write

@@ -187,9 +187,22 @@ def register_affine(template: Template, brain: np.ndarray, affine: np.ndarray, s
 
     Mattes mutual information, 3 resolution levels (shrink 4, 2, 1), moments initialisation,
     regular-step gradient descent; runs single-threaded so a given ``seed`` repeats exactly.
+    ``brain`` is zero outside the brain; its intensities may be negative (z-scored scans).
     """
     fixed = to_sitk(template.image, template.affine)
-    moving = to_sitk(brain, affine)
+    # Shift so the darkest brain voxel is 0, like the background: the moments initialisation
+    # weighs voxels by intensity (negative z-scores sent it ~800 mm off: BraTS FLAIR failed), and
+    # a mid-grey background merged the brain edge with the background for mutual information.
+    inside = brain != 0
+    shift = float(brain[inside].min()) if inside.any() else 0.0
+    moving = to_sitk(np.where(inside, brain - shift, 0.0).astype(np.float32), affine)
+    # Average finer scans down to about the template's voxel size (1 mm -> 2 mm): the registration
+    # cost grows with the moving image (smoothing and gradient per level); 3-4x faster on 1 mm
+    # BraTS/MSLUB scans with the same Dice. Each side keeps at least 32 voxels.
+    factors = [max(1, min(int(round(t / m)), n // 32))
+               for t, m, n in zip(fixed.GetSpacing(), moving.GetSpacing(), moving.GetSize())]
+    if max(factors) > 1:
+        moving = sitk.BinShrink(moving, factors)
     transform = sitk.AffineTransform(3)
     init = sitk.CenteredTransformInitializer(fixed, moving, transform, sitk.CenteredTransformInitializerFilter.MOMENTS)
     transform = sitk.AffineTransform(init)
@@ -197,7 +210,9 @@ def register_affine(template: Template, brain: np.ndarray, affine: np.ndarray, s
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     # SimpleITK reads seed 0 as "seed from the wall clock"; shift so every seed (0 included) repeats.
-    reg.SetMetricSamplingPercentage(0.25, int(seed) % (2**31 - 1) + 1)
+    # 25% of the template voxels at the coarse levels, 10% at full resolution (same Dice on IXI,
+    # 1.3x faster median and 1.6x faster worst case).
+    reg.SetMetricSamplingPercentagePerLevel([0.25, 0.25, 0.10], int(seed) % (2**31 - 1) + 1)
     reg.SetInterpolator(sitk.sitkLinear)
     # Regular-step descent (1 mm first step, halved on each reversal): plain gradient descent with
     # the estimated learning rate overshot and ended 8-10 mm off on a 10 degree / 10 mm move.
@@ -230,12 +245,7 @@ def resample_to_template(array: np.ndarray, affine: np.ndarray, template: Templa
 def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """A SimpleITK image (LPS physical space) from an (X, Y, Z) array and its RAS affine."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
-    lin = LPS @ affine[:3, :3]
-    spacing = np.linalg.norm(lin, axis=0)
-    img.SetSpacing([float(s) for s in spacing])
-    img.SetDirection([float(d) for d in (lin / spacing).ravel()])
-    img.SetOrigin([float(o) for o in LPS @ affine[:3, 3]])
-    return img
+    return _with_geometry(img, affine)
 
 
 def from_sitk(img: sitk.Image) -> np.ndarray:
@@ -244,10 +254,14 @@ def from_sitk(img: sitk.Image) -> np.ndarray:
 
 
 def _reference(shape, affine) -> sitk.Image:
-    ref = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
+    """An image that only carries a grid (shape and geometry) to resample onto."""
+    return _with_geometry(sitk.Image([int(s) for s in shape], sitk.sitkUInt8), affine)
+
+
+def _with_geometry(img: sitk.Image, affine: np.ndarray) -> sitk.Image:
     lin = LPS @ affine[:3, :3]
     spacing = np.linalg.norm(lin, axis=0)
-    ref.SetSpacing([float(s) for s in spacing])
-    ref.SetDirection([float(d) for d in (lin / spacing).ravel()])
-    ref.SetOrigin([float(o) for o in LPS @ affine[:3, 3]])
-    return ref
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetDirection([float(d) for d in (lin / spacing).ravel()])
+    img.SetOrigin([float(o) for o in LPS @ affine[:3, 3]])
+    return img

@@ -4,37 +4,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from magicgui.widgets import FileEdit
-from napari.qt.threading import create_worker
-from napari.utils import notifications, progress
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from napari.utils import notifications
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLineEdit, QSpinBox,
+                            QTableWidget, QTableWidgetItem, QVBoxLayout)
 
-from ..io import InputError
 from ..models import ModelError, available_models, load_model
 from ..pipeline import iter_batch
+from ..sample import SAMPLE_MODEL
+from .worker import WorkerWidget
 
 
-class BatchWidget(QWidget):
+class BatchWidget(WorkerWidget):
     """Runs :func:`napari_brainuad.pipeline.iter_batch`; same outputs and summary.csv as ``brainuad batch``."""
 
     def __init__(self, napari_viewer=None):
-        super().__init__()
+        super().__init__("Run batch")
         self.viewer = napari_viewer
         self.cards = {card.name: card for card in available_models()}
-        self.worker = None
-        self._progress = None
         self.input_dir = FileEdit(mode="d", label="input folder")
         self.pattern = QLineEdit("*.nii*")
         self.pattern.setToolTip("glob pattern, e.g. *_T1w.nii.gz, or **/*_T1w.nii.gz for BIDS sub-folders")
         self.out_dir = FileEdit(mode="d", label="output folder")
         self.model = QComboBox()
         self.model.addItems(list(self.cards))
+        self.model.setCurrentText(SAMPLE_MODEL)
         self.t_int = QSpinBox()
         self.threshold = QDoubleSpinBox(decimals=4, singleStep=0.01, maximum=1e6)
         self.threshold.setSpecialValueText("model default")
-        self.run_button = QPushButton("Run batch")
-        self.cancel_button = QPushButton("Cancel", enabled=False)
-        self.status = QLabel("Files whose outputs are complete are skipped (resume).", wordWrap=True)
+        self.status.setText("Files whose outputs are complete are skipped (resume).")
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["file", "status", "findings / reason"])
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
@@ -56,7 +53,6 @@ class BatchWidget(QWidget):
         layout.addWidget(self.table)
         self.model.currentTextChanged.connect(self._model_changed)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self._model_changed(self.model.currentText())
 
     def _model_changed(self, name: str) -> None:
@@ -79,28 +75,8 @@ class BatchWidget(QWidget):
                    "t_int": self.t_int.value() if card.is_diffusion else None,
                    "threshold": self.threshold.value() if self.threshold.value() > 0 else None}
         self.table.setRowCount(0)
-        self.worker = create_worker(iter_batch, Path(self.input_dir.value), Path(self.out_dir.value), model, **options)
-        self._progress = progress(total=100, desc="Batch detection")
-        self.worker.yielded.connect(self._on_step)
-        self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(self._on_error)
-        self.worker.aborted.connect(lambda: self.status.setText("Cancelled; run again to resume."))
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText("Running...")
-        self.worker.start()
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
-
-    def _on_step(self, step) -> None:
-        bar = self._progress
-        if bar is not None:  # a late yield may arrive after the worker finished
-            bar.n = round(100 * step.fraction)
-            bar.refresh()
-        self.status.setText(f"{step.stage} ({100 * step.fraction:.0f}%)")
+        self.start(iter_batch, Path(self.input_dir.value), Path(self.out_dir.value), model, desc="Batch detection",
+                   on_return=self._on_done, cancelled="Cancelled; run again to resume.", **options)
 
     def _on_done(self, items) -> None:
         self.table.setRowCount(len(items))
@@ -110,16 +86,3 @@ class BatchWidget(QWidget):
                 self.table.setItem(row, col, QTableWidgetItem(text))
         bad = sum(it.status == "error" for it in items)
         self.status.setText(f"{len(items) - bad} of {len(items)} files done; summary.csv in {self.out_dir.value}")
-
-    def _on_error(self, exc) -> None:
-        message = str(exc) if isinstance(exc, (InputError, ModelError)) else f"{type(exc).__name__}: {exc}"
-        notifications.show_error(message.splitlines()[0])
-        self.status.setText("Failed: " + message.splitlines()[0])
-
-    def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.worker = None

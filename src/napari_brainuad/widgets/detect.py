@@ -5,35 +5,34 @@ from dataclasses import replace
 
 import numpy as np
 from magicgui.widgets import create_widget
-from napari.qt.threading import create_worker
-from napari.utils import notifications, progress
+from napari.utils import notifications
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton,
-                            QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
 from ..models import ModelError, available_models, load_model
 from ..pipeline import Result, iter_detect, threshold_map
+from ..sample import SAMPLE_MODEL
 from ..scoring import ScoringConfig
 from .histogram import ScoreHistogram
 from .layers import layer_volume, show
+from .worker import WorkerWidget
 
 SLIDER_STEPS = 1000
 
 
-class DetectWidget(QWidget):
+class DetectWidget(WorkerWidget):
     """Detection on an image layer; outputs as layers on the scan's grid, updated in place on re-runs."""
 
     def __init__(self, napari_viewer):
-        super().__init__()
+        super().__init__("Run")
         self.viewer = napari_viewer
         self.cards = {card.name: card for card in available_models()}
         self.result: Result | None = None
-        self.worker = None
-        self._progress = None
 
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.model = QComboBox()
         self.model.addItems(list(self.cards))
+        self.model.setCurrentText(SAMPLE_MODEL)
         self.card_line = QLabel(wordWrap=True)
         self.t_int = QSpinBox()
         self.skull = QComboBox()
@@ -42,9 +41,6 @@ class DetectWidget(QWidget):
         self.register.setChecked(True)
         self.lpips = QCheckBox("LPIPS weighting")
         self.seed = QSpinBox(maximum=2**31 - 1)
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel", enabled=False)
-        self.status = QLabel("", wordWrap=True)
 
         self.slider = QSlider(Qt.Horizontal, maximum=SLIDER_STEPS, enabled=False)
         self.threshold = QDoubleSpinBox(decimals=4, singleStep=0.01, maximum=1e6, enabled=False)
@@ -82,7 +78,6 @@ class DetectWidget(QWidget):
 
         self.model.currentTextChanged.connect(self._model_changed)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self.slider.valueChanged.connect(self._slider_moved)
         self.threshold.editingFinished.connect(lambda: self.set_threshold(self.threshold.value()))
         self._findings_timer.timeout.connect(self._update_findings)
@@ -123,42 +118,8 @@ class DetectWidget(QWidget):
         options = {"t_int": self.t_int.value() if card.is_diffusion else None, "skull_strip": self.skull.currentText(),
                    "register": self.register.isChecked(), "seed": self.seed.value(), "scoring": scoring}
         self._source = layer
-        self.worker = create_worker(iter_detect, volume, model, **options)
-        self._progress = progress(total=100, desc=f"Detecting anomalies in {layer.name}")
-        self.worker.yielded.connect(self._on_step)
-        self.worker.returned.connect(self._on_result)
-        self.worker.errored.connect(self._on_error)
-        self.worker.aborted.connect(lambda: self.status.setText("Cancelled."))
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText("Running...")
-        self.worker.start()
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Cancelling...")
-
-    def _on_step(self, step) -> None:
-        bar = self._progress
-        if bar is not None:  # a late yield may arrive after the worker finished
-            bar.n = round(100 * step.fraction)
-            bar.set_description(step.stage)
-            bar.refresh()
-        self.status.setText(f"{step.stage} ({100 * step.fraction:.0f}%)")
-
-    def _on_error(self, exc) -> None:
-        notifications.show_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        self.status.setText("Failed: " + (str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-
-    def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.worker = None
+        self.start(iter_detect, volume, model, desc=f"Detecting anomalies in {layer.name}",
+                   on_return=self._on_result, **options)
 
     def _on_result(self, result: Result) -> None:
         self.result = result
