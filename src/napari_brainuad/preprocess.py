@@ -118,7 +118,8 @@ def iter_preprocess(
     if native_mask.sum() * volume.voxel_volume_ml < 50.0:
         raise InputError(f"{volume.path or 'volume'}: found no brain (brain mask under 50 ml).")
 
-    brain = np.where(native_mask, volume.data, 0.0).astype(np.float32)
+    # Shift so the darkest brain voxel meets the zero background (z-scored inputs are negative in places).
+    brain = np.where(native_mask, volume.data - volume.data[native_mask].min(), 0.0).astype(np.float32)
     if register:
         yield Step("affine registration to template", 0.4)
         transform = register_affine(template, brain, volume.affine, seed=seed)
