@@ -190,4 +190,4 @@ class DetectWidget(WorkerWidget):
         x, y, z = self.result.findings[rows[0].row()].centroid_mm
         world = np.array([z, -y, -x])  # napari world axes are (S, -A, -R)
         self.viewer.dims.set_point(range(3), world)
-        self.viewer.camera.center = world
+        self.viewer.scene.camera.center = world
