@@ -9,6 +9,7 @@ from napari_brainuad.cli import main
 from napari_brainuad.io import InputError, read_volume
 from napari_brainuad.models import load_model
 from napari_brainuad.pipeline import batch, detect, output_paths
+from napari_brainuad.sample import sample_path
 
 
 def test_detect_finds_implanted_lesion_on_input_grid(phantom_path):
@@ -93,3 +94,20 @@ def test_detect_with_registration(phantom_path):
     volume = read_volume(phantom_path)
     result = detect(volume, load_model("intensity-t1", "cpu"), register=True)
     assert len(near_lesion(result.findings, 8.0)) == 1
+
+
+def test_cli_models_lists_bundled_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("intensity-t1", "ae-t1", "dae-t1"):
+        assert name in out
+
+
+@pytest.mark.slow
+def test_demo_on_bundled_sample(tmp_path, capsys):
+    """The README's first quick-start command, on the sample that ships in the package."""
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    src = nib.load(sample_path())
+    mask = nib.load(tmp_path / "sample_T1_mask.nii.gz")
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine, atol=1e-5)
+    assert "Dice against the MSLUB consensus lesion mask" in capsys.readouterr().out
