@@ -49,10 +49,12 @@ def diffusion_loss(recipe, device):
     scheduler = DDPMScheduler(num_train_timesteps=sched["num_train_timesteps"], schedule=sched["schedule"],
                               **sched.get("schedule_args", {}))
 
+    t_max = recipe["training"].get("max_timestep", scheduler.num_train_timesteps)  # partial noising stays below
+
     def loss(model, batch, generator):
         x = batch[:, :1] * 2 - 1
         noise = torch.randn(x.shape, generator=generator).to(x.device)
-        t = torch.randint(0, scheduler.num_train_timesteps, (x.shape[0],), generator=generator).to(x.device)
+        t = torch.randint(0, t_max, (x.shape[0],), generator=generator).to(x.device)
         return F.mse_loss(model(scheduler.add_noise(x, noise, t), timesteps=t), noise)
     return loss
 
