@@ -7,17 +7,13 @@ import sys
 
 COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "evaluate": "evaluate",
             "bench-preprocess": "bench_preprocess"}
-"""Sub-command -> module of this package (imported only when used)."""
+"""Sub-command -> module of this package."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    argv = sys.argv[1:] if argv is None else argv
     for name, module_name in COMMANDS.items():
-        if argv[:1] not in ([name], []) and argv[0] not in ("-h", "--help"):
-            sub.add_parser(name)
-            continue
         module = importlib.import_module(f"training.{module_name}")
         p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
         module.add_arguments(p)
