@@ -98,25 +98,31 @@ def findings(score: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[n
     """Label the connected components (26-neighbourhood) of ``mask``; largest first.
 
     Returns the (X, Y, Z) int32 label image (1 = largest) and one :class:`Finding` per label,
-    with volumes in ml and centroids in world millimetres from ``affine``.
+    with volumes in ml and centroids in world millimetres from ``affine``. Statistics are
+    gathered over the masked voxels only, so the cost follows the mask, not the volume.
     """
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return labels.astype(np.int32), []
-    index = np.arange(1, n + 1)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    flat = np.flatnonzero(labels)
+    lab = labels.ravel()[flat]
+    sizes = np.bincount(lab, minlength=n + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     relabel = np.zeros(n + 1, np.int32)
-    relabel[index[order]] = np.arange(1, n + 1)
+    relabel[order + 1] = np.arange(1, n + 1)
+    lab = relabel[lab]
     labels = relabel[labels]
-    index = np.arange(1, n + 1)
     sizes = sizes[order]
-    peaks = ndimage.maximum(score, labels, index)
-    means = ndimage.mean(score, labels, index)
-    centres = np.asarray(ndimage.center_of_mass(np.ones_like(score), labels, index)).reshape(n, 3)
-    world = (affine[:3, :3] @ centres.T).T + affine[:3, 3]
+    values = score.ravel()[flat]
+    means = np.bincount(lab, weights=values, minlength=n + 1)[1:] / sizes
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, lab, values)
+    coords = np.stack(np.unravel_index(flat, score.shape), axis=1).astype(np.float64)
+    centres = np.stack([np.bincount(lab, weights=coords[:, d], minlength=n + 1)[1:] for d in range(3)], 1)
+    centres /= sizes[:, None]
+    world = centres @ affine[:3, :3].T + affine[:3, 3]
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
     return labels, [
-        Finding(int(i), int(s), float(s * voxel_ml), float(p), float(m), tuple(float(c) for c in w))
-        for i, s, p, m, w in zip(index, sizes, peaks, means, world)
+        Finding(i + 1, int(s), float(s * voxel_ml), float(p), float(m), tuple(float(c) for c in w))
+        for i, (s, p, m, w) in enumerate(zip(sizes, peaks[1:], means, world))
     ]

@@ -131,6 +131,7 @@ class DetectWidget(WorkerWidget):
         show(self.viewer, f"{name} mask", result.mask, volume, kind="labels", opacity=0.7)
         self.histogram.set_scores(result.anomaly_map[result.brain_mask])
         self._score_max = max(float(result.anomaly_map.max()), result.threshold, 1e-6)
+        self._score_view = np.ascontiguousarray(result.anomaly_map.transpose(2, 1, 0))  # napari axis order
         for w in (self.slider, self.threshold):
             w.setEnabled(True)
         self.set_threshold(result.threshold)
@@ -158,7 +159,7 @@ class DetectWidget(WorkerWidget):
         self.histogram.set_threshold(threshold)
         layer = self._mask_layer()
         if layer is not None:
-            layer.data = (self.result.anomaly_map >= threshold).astype(np.int32).transpose(2, 1, 0)
+            layer.data = (self._score_view >= threshold).astype(np.int32)
         self._findings_timer.start()
 
     def _mask_layer(self):
