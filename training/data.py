@@ -25,7 +25,7 @@ def load_preprocessed(path: Path, cache_dir: Path | None = None, seed: int = 0) 
             return z["image"], z["mask"]
     p = preprocess(read_volume(path), seed=seed)
     if cached is not None:
-        atomic_write(cached, lambda tmp: np.savez_compressed(open(tmp, "wb"), image=p.image, mask=p.mask))
+        atomic_write(cached, lambda tmp: np.savez_compressed(tmp, image=p.image, mask=p.mask))
     return p.image, p.mask
 
 

@@ -9,7 +9,6 @@ Dice at the card's threshold. Seconds: one full ``detect`` (preprocessing includ
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from napari_brainuad.io import atomic_write, read_volume
 from napari_brainuad.metrics import auroc, average_precision, best_dice, dice
 from napari_brainuad.models import find_card, load_model, model_names, write_card
-from napari_brainuad.pipeline import detect
+from napari_brainuad.pipeline import detect, write_csv
 from napari_brainuad.preprocess import preprocess
 from napari_brainuad.scoring import ScoringConfig, anomaly_map
 
@@ -130,11 +129,7 @@ def write_report(rows: list[dict], args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     columns = list(rows[0])
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    with open(args.out / "models.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: fmt(v) for k, v in r.items()} for r in rows)
-    Path(args.out / "models.csv.tmp").replace(args.out / "models.csv")
+    write_csv(args.out / "models.csv", columns, [{k: fmt(v) for k, v in r.items()} for r in rows])
     lines = ["# Model benchmark", "",
              f"Made by `python -m training evaluate --data {args.data}` on {time.strftime('%Y-%m-%d')}; "
              f"machine: {_machine(args)}.", "",

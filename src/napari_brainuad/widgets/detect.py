@@ -1,8 +1,6 @@
 """The "Detect anomalies" widget: pick a scan and a model, run in a thread, tune the threshold live."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 from magicgui.widgets import create_widget
 from napari.utils import notifications
@@ -10,7 +8,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
 from ..models import ModelError, available_models, load_model
-from ..pipeline import Result, iter_detect, threshold_map
+from ..pipeline import Result, iter_detect
 from ..sample import SAMPLE_MODEL
 from ..scoring import ScoringConfig
 from .histogram import ScoreHistogram
@@ -168,11 +166,10 @@ class DetectWidget(WorkerWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _update_findings(self) -> None:
-        labels, found = threshold_map(self.result.anomaly_map, self._pending, self.result.volume.affine)
-        self.result = replace(self.result, threshold=self._pending, mask=labels, findings=found)
+        self.result = self.result.with_threshold(self._pending)
         layer = self._mask_layer()
         if layer is not None:
-            layer.data = labels.transpose(2, 1, 0)
+            layer.data = self.result.mask.transpose(2, 1, 0)
         self._fill_table()
 
     def _fill_table(self) -> None:
