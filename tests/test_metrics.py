@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score
 
-from napari_brainuad.metrics import auroc, average_precision, best_dice, dice
+from napari_brainuad.metrics import (auroc, average_precision, best_dice, dice, false_positive_rate,
+                                     precision_recall)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -15,6 +16,14 @@ def test_against_scikit_learn(seed, ties):
         scores = np.round(scores, 1)
     assert auroc(scores, truth) == pytest.approx(roc_auc_score(truth, scores))
     assert average_precision(scores, truth) == pytest.approx(average_precision_score(truth, scores))
+    precision, recall, thresholds = precision_recall(scores, truth)
+    p_ref, r_ref, t_ref = precision_recall_curve(truth, scores)
+    np.testing.assert_allclose(precision, p_ref[:-1][::-1])
+    np.testing.assert_allclose(recall, r_ref[:-1][::-1])
+    np.testing.assert_allclose(thresholds, t_ref[::-1])
+    predicted = scores >= np.median(scores)
+    tn, fp, _, _ = confusion_matrix(truth, predicted).ravel()
+    assert false_positive_rate(predicted, truth) == pytest.approx(fp / (fp + tn))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -34,4 +43,7 @@ def test_empty_and_degenerate_masks():
     assert np.isnan(auroc(scores, empty)) and np.isnan(average_precision(scores, empty))
     assert np.isnan(best_dice(scores, empty)[0])
     assert dice(empty, empty) == 1.0
+    assert all(a.size == 0 for a in precision_recall(scores, empty))
+    assert false_positive_rate(scores > 0.5, empty) == pytest.approx(0.5)
+    assert np.isnan(false_positive_rate(scores > 0.5, np.ones(10, bool)))
     assert auroc(scores, scores > 0.5) == 1.0 and average_precision(scores, scores > 0.5) == 1.0

@@ -41,6 +41,18 @@ def average_precision(scores, truth) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def precision_recall(scores, truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and threshold at each distinct score, highest threshold first.
+
+    The operating points of ``scores >= threshold``, as :func:`sklearn.metrics.precision_recall_curve`
+    gives them (in reverse order, without its final (1, 0) point). Empty arrays without positives.
+    """
+    tp, fp, thresholds = _sorted_counts(scores, truth)
+    if tp.size == 0 or tp[-1] == 0:
+        return np.empty(0), np.empty(0), np.empty(0)
+    return tp / (tp + fp), tp / tp[-1], thresholds
+
+
 def best_dice(scores, truth) -> tuple[float, float]:
     """Best Dice over all thresholds ``scores >= t`` and the threshold that reaches it."""
     tp, fp, thresholds = _sorted_counts(scores, truth)
@@ -50,6 +62,13 @@ def best_dice(scores, truth) -> tuple[float, float]:
     dice = 2 * tp / (tp + fp + positives)
     i = int(np.argmax(dice))
     return float(dice[i]), float(thresholds[i])
+
+
+def false_positive_rate(prediction, truth) -> float:
+    """Fraction of the negative voxels that ``prediction`` flags; NaN without negatives."""
+    p, t = np.asarray(prediction, bool), np.asarray(truth, bool)
+    negatives = int(t.size - t.sum())
+    return float("nan") if negatives == 0 else float(np.logical_and(p, ~t).sum() / negatives)
 
 
 def dice(prediction, truth) -> float:

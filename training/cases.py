@@ -1,0 +1,127 @@
+"""The evaluation datasets: healthy IXI test scans, the same with synthetic anomalies, real lesion cases.
+
+Every case lives on the 2 mm model grid: ``image`` (X, Y, Z) float32 in [0, 1], ``mask`` the bool
+brain, ``lesion`` the bool ground truth inside the brain (None for healthy scans). Synthetic cases
+are seeded by ``(seed, scan index, copy index)``, so the same seed gives the same datasets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from napari_brainuad.io import read_volume
+from napari_brainuad.preprocess import preprocess
+from napari_brainuad.synthetic import fluid_anomaly, random_blobs, shape_anomaly
+
+from .data import load_preprocessed, split_files
+
+LESION_CASES = {  # name: (image, lesion mask, brain mask or None)
+    "MSLUB-26": ("mslub/patient26/T1.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
+    "BraTS-01": ("brats2013/pat0001/T1c_subtrMeanDivStd.nii.gz", "brats2013/pat0001/OTMultiClass.nii.gz",
+                 "brats2013/pat0001/brainmask.nii.gz"),
+    "BraTS-02": ("brats2013/pat0002/T1c_subtrMeanDivStd.nii.gz", "brats2013/pat0002/OTMultiClass.nii.gz",
+                 "brats2013/pat0002/brainmask.nii.gz"),
+}
+"""Real development cases in ``../shared/data``: MS lesions on T1 and gliomas (whole tumour) on T1c."""
+
+
+@dataclass
+class Case:
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    lesion: np.ndarray | None = None
+    kind: str = "healthy"
+    """``healthy``, ``real``, ``rectangle``, ``ellipse``, or ``fluid:`` and the source of P0."""
+    source: Path | None = None
+    """The original file, for timing a full ``detect`` (real cases only)."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    description: str
+    cases: list[Case] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.lesion is None for c in self.cases)
+
+
+def healthy_cases(ixi: Path, cache: Path) -> list[Case]:
+    """The IXI ``test`` split (never used for training or thresholds), preprocessed (and cached)."""
+    cases = []
+    for path in split_files(ixi, "test"):
+        image, mask = load_preprocessed(path, cache)
+        cases.append(Case(path.name.split("_")[0], image, mask))
+    return cases
+
+
+def lesion_cases(data: Path) -> list[Case]:
+    """The real lesion cases, preprocessed; lesion masks resampled to the grid (nearest neighbour)."""
+    cases = []
+    for name, (image, truth, brain) in tqdm(LESION_CASES.items(), desc="preprocess lesion cases"):
+        volume = read_volume(data / image)
+        pre = preprocess(volume, brain_mask=read_volume(data / brain).data > 0 if brain else None)
+        lesion = pre.to_template((read_volume(data / truth).data > 0).astype(np.float32), "nearest") > 0.5
+        cases.append(Case(name, pre.image, pre.mask, lesion & pre.mask, "real", data / image))
+    return cases
+
+
+def shape_cases(healthy: list[Case], per_scan: int, seed: int) -> list[Case]:
+    """``per_scan`` copies of each healthy scan with one box or ellipsoid (alternating) of 20-30 mm."""
+    cases = []
+    for i, case in enumerate(healthy):
+        for k in range(per_scan):
+            kind = ("rectangle", "ellipse")[k % 2]
+            image, lesion = shape_anomaly(case.image, case.mask, np.random.default_rng([seed, i, k]), kind)
+            cases.append(Case(f"{case.name} {kind} {k}", image.astype(np.float32), case.mask, lesion, kind))
+    return cases
+
+
+def fluid_cases(healthy: list[Case], p0_masks: dict[str, np.ndarray], per_scan: int, seed: int) -> list[Case]:
+    """``per_scan`` copies of each healthy scan with one fluid-driven anomaly.
+
+    The initial pathology ``P0`` cycles over random blobs and the given real lesion masks (on the
+    model grid, mirrored left-right at random, restricted to this brain); the ground truth is the
+    evolved ``P > 0.5``. Copies whose ground truth comes out empty are redrawn with the next seed.
+    """
+    sources = ["blobs", *p0_masks]
+    cases = []
+    for i, case in enumerate(healthy):
+        for k in range(per_scan):
+            source = sources[k % len(sources)]
+            for attempt in range(10):
+                rng = np.random.default_rng([seed, i, k, attempt])
+                if source == "blobs":
+                    p0 = random_blobs(case.mask, rng)
+                else:
+                    p0 = p0_masks[source][::-1] if rng.random() < 0.5 else p0_masks[source]
+                    p0 = (p0 & case.mask).astype(np.float32)
+                image, _, lesion = fluid_anomaly(case.image, case.mask, rng, p0=p0)
+                if lesion.any():
+                    break
+            cases.append(Case(f"{case.name} fluid:{source} {k}", image.astype(np.float32), case.mask,
+                              lesion & case.mask, f"fluid:{source}"))
+    return cases
+
+
+def build_datasets(data: Path, cache: Path, per_scan: int = 4, seed: int = 0) -> dict[str, Dataset]:
+    """All evaluation datasets by name, in report order."""
+    healthy = healthy_cases(data / "ixi-t1-2mm", cache)
+    real = lesion_cases(data)
+    p0_masks = {c.name: c.lesion for c in real}
+    return {d.name: d for d in [
+        Dataset("IXI healthy", "IXI `test` split, 4 healthy T1 scans (false positives, reconstruction quality).",
+                healthy),
+        Dataset("IXI + shapes", f"IXI `test` with one box or ellipsoid of 20-30 mm and uniform random intensity "
+                f"(Malé et al.), {per_scan} per scan, half of each kind.", shape_cases(healthy, per_scan, seed)),
+        Dataset("IXI + fluid", f"IXI `test` with one fluid-driven anomaly (Liu et al. 2025), {per_scan} per scan; "
+                "P0 from random blobs or the real lesion masks below.", fluid_cases(healthy, p0_masks, per_scan, seed)),
+        Dataset("MSLUB-26 T1", "MSLUB patient26: multiple sclerosis, T1, consensus lesion mask.", real[:1]),
+        Dataset("BraTS T1c", "BraTS 2013 pat0001-0002: glioma on contrast-enhanced T1 (not the T1 the models were "
+                "trained on), whole tumour.", real[1:]),
+    ]}
