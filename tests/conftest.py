@@ -1,6 +1,9 @@
 """Shared fixtures: tiny synthetic scans made from nilearn's bundled MNI template (offline)."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -28,6 +31,22 @@ def phantom_scan(step: int = 2, lesion: bool = True) -> nib.Nifti1Image:
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     flip[:2, 3] = np.array(data.shape[:2]) - 1
     return nib.Nifti1Image(data[::-1, ::-1, :].copy(), affine @ flip)
+
+
+def healthy_cache(folder: Path) -> Path:
+    """A training cache of four noisy copies of the template on the model grid (train 2, val 1, test 1)."""
+    tpl = mni152()
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        rng = np.random.default_rng(i)
+        image = np.clip(tpl.image * (1 + 0.05 * rng.standard_normal(tpl.shape)), 0, 1).astype(np.float32)
+        np.savez_compressed(folder / f"sub{i}.npz", image=image * tpl.mask, mask=tpl.mask)
+        rows.append({"subject": f"sub{i}", "file": f"sub{i}.nii.gz", "split": split})
+    with open(folder / "splits.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["subject", "file", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
 
 
 def near_lesion(findings, tolerance_mm: float = 6.0):

@@ -1,5 +1,4 @@
 """The training package on tiny data: every family fits, exports, reloads and detects; resume; torchrun."""
-import csv
 import json
 import subprocess
 import sys
@@ -11,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import phantom_scan
+from conftest import healthy_cache, phantom_scan
 from napari_brainuad.io import read_volume
 from napari_brainuad.models import load_model
 from napari_brainuad.pipeline import detect
-from napari_brainuad.template import mni152
 from training import export
 from training.data import SliceData
 from training.fit import CHECKPOINT, fit
@@ -41,20 +39,7 @@ def tiny_recipe(family: str, steps: int = 3) -> dict:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """A cache of four synthetic 'healthy' volumes on the model grid (train 2, val 1, test 1)."""
-    folder = tmp_path_factory.mktemp("cache")
-    tpl = mni152()
-    rows = []
-    for i, split in enumerate(["train", "train", "val", "test"]):
-        rng = np.random.default_rng(i)
-        image = np.clip(tpl.image * (1 + 0.05 * rng.standard_normal(tpl.shape)), 0, 1).astype(np.float32)
-        np.savez_compressed(folder / f"sub{i}.npz", image=image * tpl.mask, mask=tpl.mask)
-        rows.append({"subject": f"sub{i}", "file": f"sub{i}.nii.gz", "split": split})
-    with open(folder / "splits.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["subject", "file", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
+    return healthy_cache(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.mark.parametrize("family", ["ae", "vae", "dae", "ddpm"])

@@ -1,8 +1,8 @@
 """Train a recipe on cached healthy slices: ``python -m training fit RECIPE --data CACHE --out RUN``.
 
-Checkpoints every few minutes (atomically), ``--resume`` continues after a kill, and each step's
-randomness is derived from (seed, step, rank), so an interrupted and resumed run ends with the
-same weights as an uninterrupted one. Data-parallel under ``torchrun`` (gloo on CPU, NCCL on GPU).
+Checkpoints every few minutes or ``--checkpoint-steps`` (atomically), ``--resume`` continues after
+a kill, and each step's randomness is derived from (seed, step, rank), so an interrupted and resumed
+run ends with the same weights as an uninterrupted one. Data-parallel under ``torchrun`` (gloo on CPU, NCCL on GPU).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from napari_brainuad.io import atomic_write
+from napari_brainuad.io import atomic_write, remove_stale_temporaries
 from napari_brainuad.models import resolve_device
 from napari_brainuad.models.networks import build_network
 
@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, loss log, recipe copy)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    p.add_argument("--checkpoint-steps", type=int, help="also checkpoint every this many steps")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
@@ -41,6 +42,8 @@ def main(args) -> int:
     recipe = json.loads(Path(args.recipe).read_text())
     if args.steps:
         recipe["training"]["steps"] = args.steps
+    if args.checkpoint_steps:
+        recipe["training"]["checkpoint_steps"] = args.checkpoint_steps
     rank, world = _init_distributed(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,6 +77,8 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     loss_fn = LOSSES[recipe["family"]](recipe, device)
     step, seconds = 0, 0.0
     ckpt = out / CHECKPOINT
+    if rank == 0 and out.exists():
+        remove_stale_temporaries(out, [CHECKPOINT])  # left by a kill during a checkpoint write
     if resume and ckpt.exists():
         saved = torch.load(ckpt, map_location=device, weights_only=True)
         network.load_state_dict(saved["network"])
@@ -87,6 +92,7 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     model.train()
     total = cfg["steps"]
     every = cfg.get("checkpoint_minutes", 3) * 60
+    every_steps = cfg.get("checkpoint_steps") or total
     start, last_save, loss = time.perf_counter() - seconds, time.perf_counter(), float("nan")
     bar = tqdm(total=total, initial=step, desc=recipe["name"], disable=rank != 0)
     log = []
@@ -102,7 +108,7 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
         log.append((step, loss, time.perf_counter() - start))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-        if rank == 0 and (time.perf_counter() - last_save > every or step == total):
+        if rank == 0 and (time.perf_counter() - last_save > every or step % every_steps == 0 or step == total):
             _save(ckpt, network, optimizer, step, time.perf_counter() - start, log, out)
             last_save, log = time.perf_counter(), []
     bar.close()

@@ -6,6 +6,7 @@ source header. Every reader check ends in one :class:`InputError` sentence that 
 from __future__ import annotations
 
 import gzip
+import glob
 import os
 import tempfile
 import zlib
@@ -183,6 +184,18 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: Path, names) -> list[Path]:
+    """Delete what :func:`atomic_write` left in ``folder`` for the given final file names when a
+    process was killed mid-write (``.<name>.<random><suffix>``); returns the removed paths."""
+    removed = []
+    for name in names:
+        for path in Path(folder).glob(f".{glob.escape(name)}.*"):
+            if path.is_file() and path.name.endswith("".join(Path(name).suffixes[-2:]) or ".tmp"):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _umask() -> int:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, Volume, atomic_write, is_image_path, read_volume, stem, write_volume
+from .io import (InputError, Volume, atomic_write, is_image_path, read_volume, remove_stale_temporaries, stem,
+                 write_volume)
 from .models import AnomalyModel, ModelError, load_model
 from .preprocess import SkullStrip, iter_preprocess
 from .progress import Step, Steps, run, scaled
@@ -23,6 +25,7 @@ from .template import Template
 OUTPUT_KINDS = ("reconstruction", "anomaly", "mask", "findings")
 FINDING_COLUMNS = ["label", "volume_ml", "peak_score", "mean_score", "centroid_x_mm", "centroid_y_mm",
                    "centroid_z_mm", "n_voxels"]
+SETTINGS_FILE = "batch.json"
 SUMMARY_COLUMNS = ["file", "status", "message", "model", "t_int", "threshold", "n_findings", "lesion_volume_ml",
                    "max_score", "seconds"]
 
@@ -218,7 +221,9 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
     """Detect in every matching file, write its outputs and ``summary.csv``; yield progress.
 
     A bad file becomes an ``error`` row and the batch goes on. Files whose four outputs exist
-    are ``skipped`` (resume). ``summary.csv`` is rewritten atomically after every file.
+    are ``skipped`` (resume; each output is written atomically and the findings CSV last, so
+    existing outputs are complete). ``summary.csv`` is rewritten atomically after every file.
+    The settings are kept in ``batch.json``; a rerun into the same folder must use the same ones.
     """
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
@@ -228,9 +233,13 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
     if not files:
         raise InputError(f"{input_dir}: no files match '{pattern}'.")
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(out_dir, {"model": model.name, "weights": model.card.weights, "threshold": threshold,
+                             "t_int": t_int, "pattern": pattern, **detect_options})
+    names = [_output_name(path, input_dir) for path in files]
+    outputs = [p.name for n in names for p in output_paths(out_dir, n).values()]
+    remove_stale_temporaries(out_dir, ["summary.csv", SETTINGS_FILE, *outputs])
     items: list[BatchItem] = []
-    for i, path in enumerate(files):
-        name = _output_name(path, input_dir)
+    for i, (path, name) in enumerate(zip(files, names)):
         paths = output_paths(out_dir, name)
         start = time.perf_counter()
         if all(p.exists() for p in paths.values()):
@@ -250,6 +259,27 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
         write_summary(out_dir / "summary.csv", items, model, t_int, threshold)
         yield Step(f"{path.name}: {items[-1].status}", (i + 1) / len(files))
     return items
+
+
+def check_settings(out_dir: Path, settings: dict) -> None:
+    """Record a batch's settings in ``out_dir/batch.json``, or refuse ones that differ from those recorded.
+
+    Resuming skips files whose outputs exist, so one folder must never mix models or options.
+    """
+    path = Path(out_dir) / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings, default=str))
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable batch settings ({exc}); use a new output folder.") from None
+        changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+        if changed:
+            raise InputError(f"{out_dir}: holds outputs made with other settings ({', '.join(changed)} differ); "
+                             "use a new output folder.")
+    else:
+        text = json.dumps(settings, indent=2)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _output_name(path: Path, input_dir: Path) -> str:

@@ -9,6 +9,7 @@ template grid maps back onto the input's own grid with :meth:`Preprocessed.to_na
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -18,7 +19,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .io import InputError, Volume
-from .progress import Step, Steps, run
+from .progress import Step, Steps, in_thread, run
 from .template import Template, mni152
 
 SkullStrip = Literal["auto", "on", "off"]
@@ -110,8 +111,7 @@ def iter_preprocess(
             )
     else:
         if skull_strip == "on" or (skull_strip == "auto" and not looks_skull_stripped(volume)):
-            yield Step("skull stripping (deepbet)", 0.05)
-            native_mask = strip_skull(volume, device)
+            native_mask = yield from in_thread(lambda stop: strip_skull(volume, device), "skull stripping (deepbet)", 0.05)
             stripped = True
         else:
             native_mask = foreground_mask(volume.data)
@@ -121,8 +121,8 @@ def iter_preprocess(
     # Shift so the darkest brain voxel meets the zero background (z-scored inputs are negative in places).
     brain = np.where(native_mask, volume.data - volume.data[native_mask].min(), 0.0).astype(np.float32)
     if register:
-        yield Step("affine registration to template", 0.4)
-        transform = register_affine(template, brain, volume.affine, seed=seed)
+        transform = yield from in_thread(lambda stop: register_affine(template, brain, volume.affine, seed, stop),
+                                         "affine registration to template", 0.4)
     else:
         transform = sitk.AffineTransform(3)
     yield Step("resampling to model grid", 0.9)
@@ -161,6 +161,10 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == largest)
 
 
+_DEEPBET_LOCK = threading.Lock()
+"""deepbet keeps per-run state on its (cached) extractor: one run at a time, also after a Cancel."""
+
+
 @lru_cache(maxsize=2)
 def _deepbet(device: str):
     from deepbet import BrainExtraction
@@ -172,7 +176,8 @@ def strip_skull(volume: Volume, device: str = "cpu") -> np.ndarray:
     """Brain mask (bool, input grid) from deepbet, whose weights ship in its wheel (offline)."""
     import nibabel as nib
 
-    _, mask, _ = _deepbet(device).run(nib.Nifti1Image(volume.data, volume.affine))
+    with _DEEPBET_LOCK:
+        _, mask, _ = _deepbet(device).run(nib.Nifti1Image(volume.data, volume.affine))
     return np.asarray(mask.dataobj) > 0
 
 
@@ -183,8 +188,11 @@ def normalise_intensity(image: np.ndarray, mask: np.ndarray, low: float = 0.5, h
     return np.where(mask, scaled, 0.0).astype(np.float32)
 
 
-def register_affine(template: Template, brain: np.ndarray, affine: np.ndarray, seed: int = 0) -> sitk.AffineTransform:
+def register_affine(template: Template, brain: np.ndarray, affine: np.ndarray, seed: int = 0,
+                    stop: threading.Event | None = None) -> sitk.AffineTransform:
     """Affine transform (template points -> native points) aligning a brain to the template brain.
+
+    Setting ``stop`` (from another thread) ends the optimisation at its next iteration (Cancel).
 
     Mattes mutual information, 3 resolution levels (shrink 4, 2, 1), moments initialisation,
     regular-step gradient descent; runs single-threaded so a given ``seed`` repeats exactly.
@@ -224,6 +232,8 @@ def register_affine(template: Template, brain: np.ndarray, affine: np.ndarray, s
     reg.SetSmoothingSigmasPerLevel([2, 1, 0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(transform, inPlace=True)
+    if stop is not None:
+        reg.AddCommand(sitk.sitkIterationEvent, lambda: stop.is_set() and reg.StopRegistration())
     # ITK's multithreaded metric sums in a varying order (differences of ~1e-12 that the optimizer
     # amplifies); one thread makes the same seed give the same transform, bit for bit.
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()

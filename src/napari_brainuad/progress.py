@@ -5,6 +5,7 @@ let the command line drive the same code with a progress bar.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -42,3 +43,36 @@ def scaled(steps: Steps[T], start: float, stop: float) -> Steps[T]:
         except StopIteration as end:
             return end.value
         yield Step(step.stage, start + (stop - start) * step.fraction)
+
+
+def in_thread(job: Callable[[threading.Event], T], stage: str, fraction: float, poll_s: float = 0.1) -> Steps[T]:
+    """Run ``job(stop)`` in a thread, yielding ``Step(stage, fraction)`` at once and every ``poll_s`` seconds.
+
+    For long calls into libraries that cannot yield (registration, skull stripping): the caller
+    stays responsive, and closing this generator (Cancel) returns at once and sets ``stop``, which
+    a job that checks it uses to end early; its result is then discarded. The thread is not a
+    daemon, so the interpreter waits for it rather than killing it inside native code. The job's
+    exception, if any, is raised here.
+    """
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = job(stop)
+        except BaseException as exc:  # handed over to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=stage)
+    thread.start()
+    try:
+        while True:
+            yield Step(stage, fraction)
+            thread.join(poll_s)
+            if not thread.is_alive():
+                break
+    finally:
+        stop.set()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

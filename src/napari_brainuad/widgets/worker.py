@@ -24,7 +24,15 @@ class WorkerWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
 
     def start(self, job, *args, desc: str, on_return, cancelled: str = "Cancelled.", **kwargs) -> None:
-        self.worker = create_worker(job, *args, **kwargs)
+        steps = job(*args, **kwargs)
+
+        def drive():
+            return (yield from steps)
+
+        self.worker = create_worker(drive)
+        # The worker stops iterating on Cancel but keeps the generator open; closing it runs the
+        # job's cleanup (a registration running in its own thread is told to stop).
+        self.worker.aborted.connect(steps.close)
         self._progress = progress(total=100, desc=desc)
         self.worker.yielded.connect(self._on_step)
         self.worker.returned.connect(on_return)

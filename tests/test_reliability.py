@@ -1,0 +1,135 @@
+"""Killed at random moments, a batch loses nothing and a training resumes to the same weights.
+
+Each test kills its subprocess with SIGKILL ``BRAINUAD_KILLS`` times (3 by default, as in CI) at
+seeded random moments; the long run documented in the README is
+``BRAINUAD_KILLS=25 .venv/bin/python -m pytest tests/test_reliability.py``.
+"""
+import csv
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from conftest import healthy_cache, phantom_scan
+from test_training import tiny_recipe
+from training.fit import CHECKPOINT
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLS = int(os.environ.get("BRAINUAD_KILLS", "3"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+CLI = [sys.executable, "-c", "import sys; from napari_brainuad.cli import main; sys.exit(main())"]
+KINDS = ("reconstruction.nii.gz", "anomaly.nii.gz", "mask.nii.gz", "findings.csv")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def kill_after(cmd: list[str], seconds: float) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
+    try:
+        proc.wait(timeout=seconds)  # may finish first; then there is nothing to kill
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def assert_outputs_complete(out: Path) -> None:
+    """Every visible output file is whole: NIfTI data decompress (gzip CRC) and CSVs parse."""
+    for path in out.iterdir():
+        if path.name.startswith("."):
+            continue  # an atomic write's temporary; the next run removes it
+        if path.name.endswith(".nii.gz"):
+            assert np.isfinite(nib.load(path).get_fdata()).all()
+        elif path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+            assert reader.fieldnames and all(None not in row for row in rows)
+        else:
+            json.loads(path.read_text())
+
+
+def test_batch_killed_at_random_moments_loses_nothing(tmp_path):
+    inputs = tmp_path / "in scans"  # a space in the path, too
+    inputs.mkdir()
+    for i in range(4):
+        image = phantom_scan(step=2)
+        data = image.get_fdata(dtype=np.float32) * np.float32(1 + 0.1 * i)
+        nib.save(nib.Nifti1Image(data, image.affine), inputs / f"sub-{i}.nii.gz")
+    (inputs / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
+    before = {p.name: sha256(p) for p in inputs.iterdir()}
+    out = tmp_path / "out"
+    cmd = [*CLI, "batch", str(inputs), "--model", "intensity-t1", "--out", str(out), "--device", "cpu"]
+    rng = random.Random(0)
+    for k in range(KILLS):
+        kill_after(cmd, rng.uniform(1.0, 9.0))
+        if out.exists():
+            assert_outputs_complete(out)
+            print(f"batch kill {k + 1}: {len(list(out.glob('*_findings.csv')))} of 4 scans complete, "
+                  f"{len(list(out.glob('.*')))} temporaries")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
+    assert done.returncode == 1, done.stderr[-2000:]  # the broken file
+    assert_outputs_complete(out)
+    expected = {f"sub-{i}_{kind}" for i in range(4) for kind in KINDS} | {"summary.csv", "batch.json"}
+    assert {p.name for p in out.iterdir()} == expected  # no temporaries left, nothing for the broken file
+    with open(out / "summary.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in rows] == sorted(before)
+    assert [r["status"] for r in rows][0] == "error" and {r["status"] for r in rows[1:]} <= {"ok", "skipped"}
+    for row in rows[1:]:
+        with open(out / f"{Path(row['file']).name.split('.')[0]}_findings.csv", newline="") as f:
+            assert int(row["n_findings"]) == len(list(csv.DictReader(f)))
+    assert {p.name: sha256(p) for p in inputs.iterdir()} == before
+
+
+def checkpoint_step(run: Path) -> int:
+    path = run / CHECKPOINT
+    return int(torch.load(path, weights_only=True)["step"]) if path.exists() else 0
+
+
+def test_training_killed_and_resumed_reaches_the_same_weights(tmp_path):
+    cache = healthy_cache(tmp_path)
+    recipe = tiny_recipe("ae", steps=150)
+    recipe_path = tmp_path / "recipe.json"
+    recipe_path.write_text(json.dumps(recipe))
+
+    def fit_cmd(run: Path, resume: bool) -> list[str]:
+        return [sys.executable, "-m", "training", "fit", str(recipe_path), "--data", str(cache), "--out", str(run),
+                "--device", "cpu", "--threads", "1", "--checkpoint-steps", "10", *(["--resume"] if resume else [])]
+
+    straight = subprocess.run(fit_cmd(tmp_path / "straight", False), capture_output=True, text=True, env=ENV,
+                              cwd=ROOT, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    rng = random.Random(1)
+    run = tmp_path / "killed"
+    killed_at = []
+    for k in range(KILLS):
+        target = rng.randrange(10, 140)
+        proc = subprocess.Popen(fit_cmd(run, resume=k > 0), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=ENV, cwd=ROOT)
+        while proc.poll() is None and checkpoint_step(run) < target:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))  # land anywhere: inside a step or inside a checkpoint write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at.append(checkpoint_step(run))
+        print(f"training kill {k + 1}: last checkpoint at step {killed_at[-1]}")
+    resumed = subprocess.run(fit_cmd(run, True), capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert any(0 < s < 150 for s in killed_at), f"no kill landed mid-training (checkpoints {killed_at})"
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    b = torch.load(run / CHECKPOINT, weights_only=True)
+    assert a["step"] == b["step"] == 150
+    for key in a["network"]:
+        assert torch.equal(a["network"][key], b["network"][key]), key
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporaries survive the resume
