@@ -89,3 +89,50 @@ def test_batch_widget_reports_bad_file_and_goes_on(make_napari_viewer, qtbot, tm
     assert [widget.table.item(r, 1).text() for r in range(2)] == ["ok", "error"]
     with open(tmp_path / "out" / "summary.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["ok", "error"]
+
+
+def cancel_during(widget, qtbot, stage: str) -> float:
+    """Click Cancel once the status shows ``stage``; seconds until the worker has finished."""
+    qtbot.waitUntil(lambda: stage in widget.status.text(), timeout=120000)
+    start = time.perf_counter()
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=10000)
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("model, stage", [("intensity-t1", "affine registration"), ("ddpm-t1", "denoising")])
+def test_cancel_stops_detection_within_two_seconds(make_napari_viewer, qtbot, tmp_path, model, stage):
+    path = tmp_path / "scan.nii.gz"
+    nib.save(phantom_scan(step=1), path)
+    viewer = make_napari_viewer()
+    (data, kwargs, _), = read_layers(str(path))
+    viewer.add_image(data, **kwargs)
+    widget = DetectWidget(viewer)
+    widget.model.setCurrentText(model)
+    widget.run()
+    elapsed = cancel_during(widget, qtbot, stage)
+    assert elapsed < 2.0, f"cancel took {elapsed:.2f} s"
+    assert widget.status.text() == "Cancelled." and len(viewer.layers) == 1
+    run_detection(widget, qtbot)  # the viewer and widget stay usable
+    assert len(viewer.layers) == 4
+
+
+def test_cancel_stops_batch_within_two_seconds_and_resumes(make_napari_viewer, qtbot, tmp_path):
+    src = tmp_path / "cohort"
+    src.mkdir()
+    for i in range(3):
+        nib.save(phantom_scan(step=1), src / f"sub-0{i}_T1w.nii.gz")
+    widget = BatchWidget(make_napari_viewer())
+    widget.input_dir.value = src
+    widget.out_dir.value = tmp_path / "out"
+    widget.model.setCurrentText("intensity-t1")
+    widget.run()
+    qtbot.waitUntil(lambda: "sub-00" in widget.status.text(), timeout=120000)  # first file done
+    elapsed = cancel_during(widget, qtbot, "affine registration")
+    assert elapsed < 2.0, f"cancel took {elapsed:.2f} s"
+    assert "Cancelled" in widget.status.text()
+    assert len(list((tmp_path / "out").glob("*_findings.csv"))) < 3
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    assert [widget.table.item(r, 1).text() for r in range(3)][0] == "skipped"
+    assert len(list((tmp_path / "out").glob("*_findings.csv"))) == 3

@@ -76,6 +76,9 @@ class VAEModel(SliceModel):
 class DDPMModel(SliceModel):
     """Partial noising to ``t_int``, then MONAI DDIM steps of ``t_int.steps`` back to 0."""
 
+    CHUNK = 8
+    """Slices per network call inside a step: progress (and Cancel) every fraction of a second on a CPU."""
+
     def __init__(self, card, device="cpu", network=None):
         super().__init__(card, device, network)
         from monai.networks.schedulers import DDIMScheduler
@@ -92,9 +95,15 @@ class DDPMModel(SliceModel):
         timesteps = [int(t) for t in self.scheduler.timesteps if t <= start]
         noise = torch.randn(x.shape, generator=generator, device=x.device)
         sample = self.scheduler.add_noise(x, noise, torch.full((x.shape[0],), start, device=x.device, dtype=torch.long))
+        chunks = range(0, x.shape[0], self.CHUNK)
         for i, t in enumerate(timesteps):
+            eps = torch.empty_like(sample)
+            for n, j in enumerate(chunks):
+                part = sample[j:j + self.CHUNK]
+                with torch.inference_mode():
+                    eps[j:j + self.CHUNK] = self.network(
+                        part, timesteps=torch.full((part.shape[0],), t, device=x.device, dtype=torch.long))
+                yield Step(f"denoising from t={start}", (i + (n + 1) / len(chunks)) / len(timesteps))
             with torch.inference_mode():
-                eps = self.network(sample, timesteps=torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
                 sample, _ = self.scheduler.step(eps, t, sample)
-            yield Step(f"denoising from t={start}", (i + 1) / max(len(timesteps), 1))
         return (sample + 1) / 2

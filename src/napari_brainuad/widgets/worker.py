@@ -18,6 +18,7 @@ class WorkerWidget(QWidget):
         super().__init__()
         self.worker = None
         self._progress = None
+        self._cancelling = False
         self.run_button = QPushButton(run_text)
         self.cancel_button = QPushButton("Cancel", enabled=False)
         self.status = QLabel("", wordWrap=True)
@@ -39,6 +40,7 @@ class WorkerWidget(QWidget):
         self.worker.errored.connect(self._on_error)
         self.worker.aborted.connect(lambda: self.status.setText(cancelled))
         self.worker.finished.connect(self._on_finished)
+        self._cancelling = False
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("Running...")
@@ -46,10 +48,13 @@ class WorkerWidget(QWidget):
 
     def cancel(self) -> None:
         if self.worker is not None:
+            self._cancelling = True
             self.worker.quit()
             self.status.setText("Cancelling...")
 
     def _on_step(self, step) -> None:
+        if self._cancelling:  # a step reported before the worker saw the Cancel
+            return
         bar = self._progress
         if bar is not None:  # a late yield may arrive after the worker finished
             bar.n = round(100 * step.fraction)
