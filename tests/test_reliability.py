@@ -133,3 +133,31 @@ def test_training_killed_and_resumed_reaches_the_same_weights(tmp_path):
     for key in a["network"]:
         assert torch.equal(a["network"][key], b["network"][key]), key
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporaries survive the resume
+
+
+def test_peak_memory_of_a_large_volume_is_bounded(tmp_path):
+    """Detection on a 256^3 scan needs at most 6 float32 copies of it beyond what a tiny scan needs."""
+    from scipy import ndimage
+
+    from napari_brainuad.template import mni152
+    from training.bench_memory import PROBE
+
+    tpl = mni152()
+    factor = 256 / np.array(tpl.shape)
+    big = ndimage.zoom(tpl.image.astype(np.float32) * 1000, factor, order=1)[:256, :256, :256]
+    affine = tpl.affine.copy()
+    affine[:3, :3] /= factor
+    nib.save(nib.Nifti1Image(big, affine), tmp_path / "big.nii")
+    nib.save(phantom_scan(step=2, lesion=False), tmp_path / "small.nii")
+    peak = {}
+    for name in ("small", "big"):
+        done = subprocess.run([sys.executable, "-c", PROBE, "detect", str(tmp_path / f"{name}.nii"), "--model",
+                               "intensity-t1", "--out", str(tmp_path / name), "--device", "cpu"],
+                              capture_output=True, text=True, env=ENV, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        peak[name] = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_KIB")))
+    volume_kib = big.size * 4 / 1024
+    extra = (peak["big"] - peak["small"]) / volume_kib
+    print(f"peak RSS {peak['small'] / 1024:.0f} MiB (tiny scan), {peak['big'] / 1024:.0f} MiB (256^3): "
+          f"{extra:.1f} float32 volumes more")
+    assert extra < 6.0

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "evaluate": "evaluate",
-            "bench-preprocess": "bench_preprocess"}
+            "bench-preprocess": "bench_preprocess", "bench-memory": "bench_memory"}
 """Sub-command -> module of this package."""
 
 

@@ -101,23 +101,28 @@ def findings(score: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[n
     with volumes in ml and centroids in world millimetres from ``affine``. Statistics are
     gathered over the masked voxels only, so the cost follows the mask, not the volume.
     """
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    # Work in the arrays' memory order (nibabel and SimpleITK give Fortran order): flat views, no
+    # full-size copies of large volumes.
+    order = "F" if mask.flags.f_contiguous and not mask.flags.c_contiguous else "C"
+    labels = np.zeros(mask.shape, np.int32, order=order)
+    n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool), output=labels)
     if n == 0:
-        return labels.astype(np.int32), []
-    flat = np.flatnonzero(labels)
-    lab = labels.ravel()[flat]
+        return labels, []
+    flat_labels = labels.ravel(order)
+    flat = np.flatnonzero(flat_labels)
+    lab = flat_labels[flat]
     sizes = np.bincount(lab, minlength=n + 1)[1:]
-    order = np.argsort(-sizes, kind="stable")
+    order_by_size = np.argsort(-sizes, kind="stable")
     relabel = np.zeros(n + 1, np.int32)
-    relabel[order + 1] = np.arange(1, n + 1)
+    relabel[order_by_size + 1] = np.arange(1, n + 1)
     lab = relabel[lab]
-    labels = relabel[labels]
-    sizes = sizes[order]
-    values = score.ravel()[flat]
+    flat_labels[flat] = lab
+    sizes = sizes[order_by_size]
+    values = np.asarray(score).ravel(order)[flat]
     means = np.bincount(lab, weights=values, minlength=n + 1)[1:] / sizes
     peaks = np.full(n + 1, -np.inf)
     np.maximum.at(peaks, lab, values)
-    coords = np.stack(np.unravel_index(flat, score.shape), axis=1).astype(np.float64)
+    coords = np.stack(np.unravel_index(flat, mask.shape, order=order), axis=1).astype(np.float64)
     centres = np.stack([np.bincount(lab, weights=coords[:, d], minlength=n + 1)[1:] for d in range(3)], 1)
     centres /= sizes[:, None]
     world = centres @ affine[:3, :3].T + affine[:3, 3]
