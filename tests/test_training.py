@@ -85,3 +85,21 @@ def test_torchrun_two_cpu_processes(cache, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     saved = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)
     assert saved["step"] == 2
+
+
+def test_float16_weights_are_exported_and_loaded(cache, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = tiny_recipe("ae")
+    recipe["weights_dtype"] = "float16"
+    fit(recipe, SliceData.from_cache(cache, "train"), tmp_path / "run", "cpu")
+    folder = tmp_path / "model"
+    export.main(Namespace(run=tmp_path / "run", to=folder, data=cache, cache=cache, max_flagged=0.005, device="cpu"))
+    stored = load_file(str(folder / "weights.safetensors"))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    model = load_model(folder, "cpu")
+    assert all(p.dtype == torch.float32 for p in model.network.parameters())
+    trained = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["network"]
+    for key, value in model.network.state_dict().items():
+        expected = trained[key].half().float() if trained[key].is_floating_point() else trained[key]
+        torch.testing.assert_close(value, expected)

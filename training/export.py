@@ -40,7 +40,8 @@ def main(args) -> int:
     saved = torch.load(args.run / CHECKPOINT, map_location="cpu", weights_only=True)
     folder = args.to or bundled_folder() / recipe["name"]
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in saved["network"].items()}
+    dtype = getattr(torch, recipe.get("weights_dtype", "float32"))  # float16 halves large files
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in saved["network"].items()}
     atomic_write(folder / "weights.safetensors", lambda tmp: save_file(tensors, tmp))
     cfg = recipe["training"]
     card = {
@@ -54,7 +55,7 @@ def main(args) -> int:
                                 f"--out runs/{recipe['name']}",
                      "steps": int(saved["step"]), "batch_size": cfg["batch_size"], "seed": cfg["seed"],
                      "wall_time_s": round(float(saved["seconds"]), 1), "machine": saved["machine"],
-                     "parameters": int(sum(v.numel() for v in tensors.values()))},
+                     "parameters": int(sum(v.numel() for v in tensors.values())), "weights_dtype": str(dtype)[6:]},
         "metrics": {},
     }
     write_card(folder, card)

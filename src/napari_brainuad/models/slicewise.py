@@ -30,6 +30,8 @@ def load_network(card: ModelCard) -> nn.Module:
         raise ModelError(f"{path}: weights file is missing.") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a valid safetensors weights file ({exc}).") from None
+    # Weights may be stored in float16 (smaller files); the network computes in float32.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
