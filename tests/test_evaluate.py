@@ -76,8 +76,9 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
             np.savez_compressed(cache / f"{case.name}_T1.npz", image=case.image, mask=case.mask)
     for image, truth, brain in LESION_CASES.values():
         scan = phantom_scan(step=2)
-        for path, img in ((image, scan), (truth, nib.Nifti1Image((scan.get_fdata() == 50).astype(np.uint8), scan.affine)),
-                          (brain, nib.Nifti1Image((scan.get_fdata() > 0).astype(np.uint8), scan.affine))):
+        lesion = nib.Nifti1Image((scan.get_fdata() == 50).astype(np.uint8), scan.affine)
+        brain_mask = nib.Nifti1Image((scan.get_fdata() > 0).astype(np.uint8), scan.affine)
+        for path, img in ((image, scan), (truth, lesion), (brain, brain_mask)):
             if path:
                 (data / path).parent.mkdir(parents=True, exist_ok=True)
                 nib.save(img, data / path)

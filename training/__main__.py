@@ -6,7 +6,8 @@ import importlib
 import sys
 
 COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "evaluate": "evaluate",
-            "bench-preprocess": "bench_preprocess", "bench-memory": "bench_memory"}
+            "bench-preprocess": "bench_preprocess", "bench-memory": "bench_memory",
+            "bench-synthetic": "bench_synthetic"}
 """Sub-command -> module of this package."""
 
 

@@ -33,8 +33,9 @@ def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None) 
     """RGB (X, Y, 3) of a grey slice with TP green, FP red and FN blue."""
     rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1) * 0.7
     truth = np.zeros_like(predicted) if truth is None else truth
-    for where, colour in ((predicted & truth, (0, 1, 0)), (predicted & ~truth, (1, 0, 0)), (~predicted & truth, (0, 0.4, 1))):
-        rgb[where] = colour
+    colours = {(True, True): (0, 1, 0), (True, False): (1, 0, 0), (False, True): (0, 0.4, 1)}
+    for (p, t), colour in colours.items():
+        rgb[(predicted == p) & (truth == t)] = colour
     return rgb
 
 

@@ -107,7 +107,8 @@ def iter_preprocess(
     stripped = False
     if brain_mask is not None and np.shape(brain_mask) != volume.shape:
         raise InputError(
-            f"{volume.path or 'brain mask'}: brain mask shape {np.shape(brain_mask)} differs from the image {volume.shape}."
+            f"{volume.path or 'brain mask'}: brain mask shape {np.shape(brain_mask)} differs from the image "
+            f"{volume.shape}."
         )
     # Scans finer than 1 mm are averaged down to about 1 mm first: the 2 mm model grid cannot use
     # more, and a 0.5 mm scan then needs an eighth of the memory and time. Outputs still go back
