@@ -78,9 +78,15 @@ def test_batch_goes_on_after_a_bad_file_and_resumes(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # inputs untouched
+    (out / ".a_mask.nii.gz.x1y2z3.nii.gz").write_bytes(b"half a file")  # left by a killed write
     again = batch(src, out, model, register=False)
     assert [it.status for it in again] == ["skipped", "error", "skipped"]
     assert again[0].n_findings == items[0].n_findings
+    assert not list(out.glob(".*"))
+    with pytest.raises(InputError, match="other settings .*model"):  # resuming must not mix models
+        batch(src, out, load_model("dae-t1", "cpu"), register=False)
+    with pytest.raises(InputError, match="other settings .*threshold"):
+        batch(src, out, model, register=False, threshold=0.5)
 
 
 def test_batch_refuses_output_inside_input(tmp_path):
