@@ -47,3 +47,19 @@ def test_empty_and_degenerate_masks():
     assert false_positive_rate(scores > 0.5, empty) == pytest.approx(0.5)
     assert np.isnan(false_positive_rate(scores > 0.5, np.ones(10, bool)))
     assert auroc(scores, scores > 0.5) == 1.0 and average_precision(scores, scores > 0.5) == 1.0
+
+
+def test_ssim_of_the_benchmark_matches_scikit_image():
+    """The benchmark's SSIM (MONAI, 3D Gaussian window) against scikit-image's reference implementation."""
+    import torch
+    from monai.metrics import SSIMMetric
+    from scipy import ndimage
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.random((40, 44, 36)), 2)
+    a = ((a - a.min()) / (a.max() - a.min())).astype(np.float32)
+    b = np.clip(a + 0.05 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    ours = float(SSIMMetric(spatial_dims=3, data_range=1.0)(torch.from_numpy(b)[None, None], torch.from_numpy(a)[None, None]))
+    reference = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert ours == pytest.approx(reference, abs=1e-4)
