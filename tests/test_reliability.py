@@ -62,7 +62,8 @@ def assert_outputs_complete(out: Path) -> None:
 def test_batch_killed_at_random_moments_loses_nothing(tmp_path):
     inputs = tmp_path / "in scans"  # a space in the path, too
     inputs.mkdir()
-    for i in range(4):
+    scans = max(4, KILLS // 2 + 2)  # enough work that most kills land mid-batch
+    for i in range(scans):
         image = phantom_scan(step=2)
         data = image.get_fdata(dtype=np.float32) * np.float32(1 + 0.1 * i)
         nib.save(nib.Nifti1Image(data, image.affine), inputs / f"sub-{i}.nii.gz")
@@ -75,12 +76,12 @@ def test_batch_killed_at_random_moments_loses_nothing(tmp_path):
         kill_after(cmd, rng.uniform(1.0, 9.0))
         if out.exists():
             assert_outputs_complete(out)
-            print(f"batch kill {k + 1}: {len(list(out.glob('*_findings.csv')))} of 4 scans complete, "
+            print(f"batch kill {k + 1}: {len(list(out.glob('*_findings.csv')))} of {scans} scans complete, "
                   f"{len(list(out.glob('.*')))} temporaries")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
     assert done.returncode == 1, done.stderr[-2000:]  # the broken file
     assert_outputs_complete(out)
-    expected = {f"sub-{i}_{kind}" for i in range(4) for kind in KINDS} | {"summary.csv", "batch.json"}
+    expected = {f"sub-{i}_{kind}" for i in range(scans) for kind in KINDS} | {"summary.csv", "batch.json"}
     assert {p.name for p in out.iterdir()} == expected  # no temporaries left, nothing for the broken file
     with open(out / "summary.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -99,7 +100,8 @@ def checkpoint_step(run: Path) -> int:
 
 def test_training_killed_and_resumed_reaches_the_same_weights(tmp_path):
     cache = healthy_cache(tmp_path)
-    recipe = tiny_recipe("ae", steps=150)
+    steps = 10 * KILLS + 120  # 14 checkpoints or more, so every kill can land later than the one before
+    recipe = tiny_recipe("ae", steps=steps)
     recipe_path = tmp_path / "recipe.json"
     recipe_path.write_text(json.dumps(recipe))
 
@@ -113,8 +115,8 @@ def test_training_killed_and_resumed_reaches_the_same_weights(tmp_path):
     rng = random.Random(1)
     run = tmp_path / "killed"
     killed_at = []
-    for k in range(KILLS):
-        target = rng.randrange(10, 140)
+    for k, target in enumerate(sorted(rng.sample(range(10, steps - 10), KILLS))):
+        target = max(target, checkpoint_step(run) + 1)
         proc = subprocess.Popen(fit_cmd(run, resume=k > 0), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=ENV, cwd=ROOT)
         while proc.poll() is None and checkpoint_step(run) < target:
@@ -123,13 +125,14 @@ def test_training_killed_and_resumed_reaches_the_same_weights(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at.append(checkpoint_step(run))
-        print(f"training kill {k + 1}: last checkpoint at step {killed_at[-1]}")
+        torn = len([p for p in run.glob(".*")]) if run.exists() else 0
+        print(f"training kill {k + 1}: last checkpoint at step {killed_at[-1]}, {torn} torn checkpoint writes")
     resumed = subprocess.run(fit_cmd(run, True), capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert any(0 < s < 150 for s in killed_at), f"no kill landed mid-training (checkpoints {killed_at})"
+    assert any(0 < s < steps for s in killed_at), f"no kill landed mid-training (checkpoints {killed_at})"
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
     b = torch.load(run / CHECKPOINT, weights_only=True)
-    assert a["step"] == b["step"] == 150
+    assert a["step"] == b["step"] == steps
     for key in a["network"]:
         assert torch.equal(a["network"][key], b["network"][key]), key
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporaries survive the resume

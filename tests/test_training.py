@@ -67,8 +67,11 @@ def test_resume_after_interruption_reaches_the_same_weights(cache, tmp_path):
     data = SliceData.from_cache(cache, "train")
     straight = fit(tiny_recipe("ae", steps=6), data, tmp_path / "a", "cpu")
     fit(tiny_recipe("ae", steps=3), data, tmp_path / "b", "cpu")  # "killed" after its checkpoint at step 3
+    torn = tmp_path / "b" / f".{CHECKPOINT}.k1ll3d.pt"
+    torn.write_bytes(b"half a checkpoint")  # left by a kill during the next checkpoint write
     resumed = fit(tiny_recipe("ae", steps=6), data, tmp_path / "b", "cpu", resume=True)
     assert resumed["step"] == straight["step"] == 6
+    assert not torn.exists()
     a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)["network"]
     b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["network"]
     for key in a:
