@@ -100,7 +100,7 @@ def checkpoint_step(run: Path) -> int:
 
 def test_training_killed_and_resumed_reaches_the_same_weights(tmp_path):
     cache = healthy_cache(tmp_path)
-    steps = 10 * KILLS + 120  # 14 checkpoints or more, so every kill can land later than the one before
+    steps = 10 * KILLS + 120  # 15 checkpoints or more, so every kill can land later than the one before
     recipe = tiny_recipe("ae", steps=steps)
     recipe_path = tmp_path / "recipe.json"
     recipe_path.write_text(json.dumps(recipe))
@@ -125,7 +125,7 @@ def test_training_killed_and_resumed_reaches_the_same_weights(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at.append(checkpoint_step(run))
-        torn = len([p for p in run.glob(".*")]) if run.exists() else 0
+        torn = len(list(run.glob(".*"))) if run.exists() else 0
         print(f"training kill {k + 1}: last checkpoint at step {killed_at[-1]}, {torn} torn checkpoint writes")
     resumed = subprocess.run(fit_cmd(run, True), capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
