@@ -1,4 +1,5 @@
-"""The training package on tiny data: every family fits, exports, reloads and detects; resume; torchrun."""
+"""The training package on tiny data: every family fits, exports, reloads and detects; resume; torchrun;
+scanner-robust slabs and pseudo-pathology pairs."""
 import json
 import subprocess
 import sys
@@ -17,12 +18,14 @@ from napari_brainuad.pipeline import detect
 from training import export
 from training.data import SliceData
 from training.fit import CHECKPOINT, fit
+from training.prepare import write_pseudo
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "ae": {"channels": [4, 8, 8, 4], "strides": [2, 2, 2, 2], "num_res_units": 1},
     "vae": {"latent_size": 16, "channels": [4, 8, 8, 8], "strides": [2, 2, 2, 2], "num_res_units": 1},
     "dae": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+    "restore": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
     "ddpm": {"channels": [8, 8, 8], "attention_levels": [False, False, True], "num_res_blocks": 1,
              "num_head_channels": 8, "norm_groups": 4},
 }
@@ -39,19 +42,24 @@ def tiny_recipe(family: str, steps: int = 3) -> dict:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return healthy_cache(tmp_path_factory.mktemp("cache"))
+    """The tiny healthy cache, with two pseudo-pathological copies of each train scan (blobs and shapes only)."""
+    folder = healthy_cache(tmp_path_factory.mktemp("cache"))
+    for i, stem in enumerate(["sub0", "sub1"]):
+        write_pseudo(folder, stem, 2, [], [0, i])
+    return folder
 
 
-@pytest.mark.parametrize("family", ["ae", "vae", "dae", "ddpm"])
+@pytest.mark.parametrize("family", ["ae", "vae", "dae", "restore", "ddpm"])
 def test_family_trains_exports_reloads_and_detects(family, cache, tmp_path):
     recipe = tiny_recipe(family)
     run = tmp_path / "run"
-    state = fit(recipe, SliceData.from_cache(cache, "train"), run, "cpu")
+    data = SliceData.from_cache(cache, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0)
+    state = fit(recipe, data, run, "cpu")
     assert state["step"] == 3 and np.isfinite(state["loss"])
     folder = tmp_path / "model"
-    export.main(Namespace(run=run, to=folder, data=cache, cache=cache, max_flagged=0.005, device="cpu"))
+    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, device="cpu"))
     card = json.loads((folder / "card.json").read_text())
-    assert card["training"]["steps"] == 3 and card["metrics"]["calibration"]["data"].startswith("IXI val")
+    assert card["training"]["steps"] == 3 and card["metrics"]["calibration"]["data"].startswith("val splits of")
     model = load_model(folder, "cpu")
     path = tmp_path / "scan.nii.gz"
     nib.save(phantom_scan(step=2), path)
@@ -97,7 +105,7 @@ def test_float16_weights_are_exported_and_loaded(cache, tmp_path):
     recipe["weights_dtype"] = "float16"
     fit(recipe, SliceData.from_cache(cache, "train"), tmp_path / "run", "cpu")
     folder = tmp_path / "model"
-    export.main(Namespace(run=tmp_path / "run", to=folder, data=cache, cache=cache, max_flagged=0.005, device="cpu"))
+    export.main(Namespace(run=tmp_path / "run", to=folder, cache=[cache], max_flagged=0.005, device="cpu"))
     stored = load_file(str(folder / "weights.safetensors"))
     assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
     model = load_model(folder, "cpu")

@@ -1,7 +1,14 @@
-"""Reading the healthy IXI split and preprocessing it once (cached as .npz in template space)."""
+"""Healthy training sites, preprocessed once into caches of model-grid volumes, and the slices drawn from them.
+
+A *site* is one scanner's healthy scans in ``../shared/data`` with a fixed split (:data:`SITES`).
+``prepare`` writes each site's cache as ``CACHE/<site>/<stem>.npz`` (image, mask) plus a
+``splits.csv`` (subject, file, split); everything after ``prepare`` (fit, calibrate, evaluate)
+reads only caches.
+"""
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,81 +18,67 @@ from napari_brainuad.io import atomic_write, read_volume
 from napari_brainuad.preprocess import preprocess
 
 
+@dataclass(frozen=True)
+class Site:
+    """A scanner's healthy scans: where they are, how their split is listed, how to credit them."""
+
+    folder: str
+    table: str
+    description: str
+    licence: str
+
+    def scans(self, data_root: Path, split: str | None = None) -> list["Scan"]:
+        """Scans of ``split`` (all when None) as listed in the site's table."""
+        root = Path(data_root) / self.folder
+        with open(root / self.table, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if split is None or r["split"] == split]
+        if self.table == "participants.csv":  # OASIS: skull-stripped T1 plus a brain mask per id
+            return [Scan(r["id"], root / f"{r['id']}_T1_brain.nii.gz", r["split"], root / f"{r['id']}_brainmask.nii.gz")
+                    for r in rows]
+        return [Scan(r["subject"], root / r["file"], r["split"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class Scan:
+    subject: str
+    path: Path
+    split: str
+    brain_mask: Path | None = None
+
+    @property
+    def stem(self) -> str:
+        return self.path.name.split(".")[0]
+
+
+SITES = {
+    "ixi": Site("ixi-t1-2mm", "splits.csv",
+                "IXI (Hammersmith Hospital, Philips 3T, healthy, age 24-74, whole head)",
+                "IXI dataset, CC BY-SA 3.0, brain-development.org/ixi-dataset"),
+    "oasis": Site("oasis-malf", "participants.csv",
+                  "OASIS-1 (Siemens 1.5T, healthy, age 18-90, skull-stripped)",
+                  "OASIS-1 scans, OASIS project; labels Neuromorphometrics, Inc.; CC BY-NC (non-commercial)"),
+}
+"""The healthy training sites by cache name."""
+
+
 def split_files(data_dir: Path, split: str) -> list[Path]:
     """Scans of one split (``train``, ``val`` or ``test``) listed in ``data_dir/splits.csv``."""
     with open(Path(data_dir) / "splits.csv", newline="") as f:
         return [Path(data_dir) / row["file"] for row in csv.DictReader(f) if row["split"] == split]
 
 
-def load_preprocessed(path: Path, cache_dir: Path | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def load_preprocessed(path: Path, cache_dir: Path | None = None, seed: int = 0,
+                      brain_mask: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image, mask) of a scan on the model grid; read from ``cache_dir`` when cached there."""
     cached = Path(cache_dir) / f"{Path(path).name.split('.')[0]}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         with np.load(cached) as z:
             return z["image"], z["mask"]
-    p = preprocess(read_volume(path), seed=seed)
+    mask = read_volume(brain_mask).data > 0 if brain_mask is not None else None
+    p = preprocess(read_volume(path), seed=seed, brain_mask=mask)
     if cached is not None:
         atomic_write(cached, lambda tmp: np.savez_compressed(tmp, image=p.image, mask=p.mask))
     return p.image, p.mask
-
-
-class SliceData:
-    """Axial slices (last grid axis) of cached healthy volumes that hold a substantial part of the brain.
-
-    images, masks : (N, H, W) float32 slices in [0, 1] and their bool brain masks.
-    """
-
-    def __init__(self, images: np.ndarray, masks: np.ndarray):
-        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        self.masks = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))
-
-    @classmethod
-    def from_volumes(cls, volumes: list[tuple[np.ndarray, np.ndarray]], min_fraction: float = 0.15) -> "SliceData":
-        """Keep slices whose brain area is at least ``min_fraction`` of the volume's largest slice."""
-        images, masks = [], []
-        for image, mask in volumes:
-            area = mask.sum(axis=(0, 1))
-            keep = area >= min_fraction * area.max()
-            images.append(image[:, :, keep].transpose(2, 0, 1))
-            masks.append(mask[:, :, keep].transpose(2, 0, 1))
-        return cls(np.concatenate(images), np.concatenate(masks))
-
-    @classmethod
-    def from_cache(cls, cache_dir: Path, split: str) -> "SliceData":
-        files = cached_split(cache_dir, split)
-        if not files:
-            raise FileNotFoundError(f"{cache_dir}: no cached '{split}' scans; run 'python -m training prepare' first.")
-        volumes = []
-        for path in files:
-            with np.load(path) as z:
-                volumes.append((z["image"], z["mask"]))
-        return cls.from_volumes(volumes)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batch(self, size: int, generator: torch.Generator, augment: bool = True) -> torch.Tensor:
-        """(size, 2, H, W): slices and masks drawn with ``generator``; random left-right flips and
-        small affine jitter (MONAI RandAffine) when ``augment``."""
-        index = torch.randint(len(self), (size,), generator=generator)
-        batch = torch.stack([self.images[index], self.masks[index]], dim=1)
-        if not augment:
-            return batch
-        from monai.transforms import RandAffine
-
-        flip = torch.rand(size, generator=generator) < 0.5
-        batch[flip] = batch[flip].flip(-2)  # axis H is left-right on the model grid
-        affine = RandAffine(prob=1.0, rotate_range=0.08, scale_range=0.05, translate_range=(3, 3),
-                            padding_mode="zeros", mode="bilinear")
-        seeds = torch.randint(2**31 - 1, (size,), generator=generator)
-        out = []
-        for sample, seed in zip(batch, seeds):
-            affine.set_random_state(seed=int(seed))
-            out.append(torch.as_tensor(affine(sample)))
-        batch = torch.stack(out)
-        batch[:, 1] = (batch[:, 1] > 0.5).float()
-        batch[:, 0] *= batch[:, 1]
-        return batch
 
 
 def cached_split(cache_dir: Path, split: str) -> list[Path]:
@@ -93,3 +86,152 @@ def cached_split(cache_dir: Path, split: str) -> list[Path]:
     with open(Path(cache_dir) / "splits.csv", newline="") as f:
         return [Path(cache_dir) / f"{row['file'].split('.')[0]}.npz" for row in csv.DictReader(f)
                 if row["split"] == split and (Path(cache_dir) / f"{row['file'].split('.')[0]}.npz").exists()]
+
+
+def cached_volumes(caches: list[Path] | Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, mask) of every cached scan of ``split`` in the given site caches."""
+    caches = [caches] if isinstance(caches, (str, Path)) else caches
+    files = [f for c in caches for f in cached_split(c, split)]
+    if not files:
+        raise FileNotFoundError(f"{', '.join(map(str, caches))}: no cached '{split}' scans; "
+                                "run 'python -m training prepare' first.")
+    volumes = []
+    for path in files:
+        with np.load(path) as z:
+            volumes.append((z["image"], z["mask"]))
+    return volumes
+
+
+@dataclass
+class Batch:
+    """A training batch of axial slabs, each (B, C, H, W) float32.
+
+    input : what the network sees: ``2 * context + 1`` neighbouring slices (augmented; with a
+        synthetic anomaly for pseudo-pathology recipes; noise, blur and low resolution when robust).
+    target : the healthy centre slice (B, 1, H, W), same appearance as ``input`` but not degraded.
+    mask : brain mask of the centre slice (B, 1, H, W).
+    lesion : synthetic lesion of the centre slice (B, 1, H, W); zeros for healthy samples.
+    """
+
+    input: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    lesion: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input, self.target, self.mask, self.lesion)))
+
+
+class SliceData:
+    """Slabs of healthy volumes (axial slices, last grid axis) and, optionally, pseudo-pathological copies.
+
+    volumes, masks : (N, X, Y, Z) float32 images in [0, 1] and bool brain masks.
+    pseudo : per volume, a (K, X, Y, Z) float16 tensor of anomalous copies and their (K, X, Y, Z)
+        bool lesion masks (see :mod:`training.pseudo`), or None.
+    Only centre slices whose brain area is at least ``min_fraction`` of the volume's largest
+    slice are drawn.
+    """
+
+    def __init__(self, volumes: np.ndarray, masks: np.ndarray, pseudo: list | None = None,
+                 min_fraction: float = 0.15):
+        self.volumes = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))
+        self.masks = torch.from_numpy(np.ascontiguousarray(masks, dtype=bool))
+        area = self.masks.sum(dim=(1, 2)).float()  # (N, Z)
+        keep = area >= min_fraction * area.max(dim=1, keepdim=True).values
+        self.slices = keep.nonzero()  # (M, 2): volume, z
+        self.pseudo = pseudo
+        self.n_volumes: dict[str, int] = {}
+        """Training scans per site cache (set by :meth:`from_cache`)."""
+        if pseudo is not None:  # (volume, copy, z) where the copy's lesion crosses a kept slice
+            rows = []
+            for v, (_, lesions) in enumerate(pseudo):
+                hit = lesions.any(dim=1).any(dim=1) & keep[v]  # (K, Z)
+                rows += [(v, k, z) for k, z in hit.nonzero().tolist()]
+            self.lesion_slices = torch.tensor(rows, dtype=torch.long)
+
+    @classmethod
+    def from_volumes(cls, volumes: list[tuple[np.ndarray, np.ndarray]], pseudo: list | None = None) -> "SliceData":
+        return cls(np.stack([v[0] for v in volumes]), np.stack([v[1] for v in volumes]), pseudo)
+
+    @classmethod
+    def from_cache(cls, caches: list[Path] | Path, split: str = "train", pseudo: bool = False) -> "SliceData":
+        """Cached volumes of ``split`` from site caches, with their pseudo-pathology copies if ``pseudo``."""
+        caches = [caches] if isinstance(caches, (str, Path)) else list(caches)
+        volumes = cached_volumes(caches, split)
+        copies = None
+        if pseudo:
+            copies = []
+            for path in [f for c in caches for f in cached_split(c, split)]:
+                copy = path.parent / "pseudo" / path.name
+                if not copy.exists():
+                    raise FileNotFoundError(f"{copy}: no pseudo-pathology copies; run 'python -m training prepare "
+                                            "--pseudo-per-scan K' first.")
+                with np.load(copy) as z:
+                    copies.append((torch.from_numpy(z["images"]), torch.from_numpy(z["lesions"])))
+        data = cls.from_volumes(volumes, copies)
+        data.n_volumes = {Path(c).name: len(cached_split(c, split)) for c in caches}
+        return data
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def _slab(self, array: torch.Tensor, z: int, context: int) -> torch.Tensor:
+        """(2 * context + 1, X, Y) slices around ``z`` of an (X, Y, Z) array; zeros beyond the grid."""
+        depth = array.shape[-1]
+        out = torch.zeros((2 * context + 1, *array.shape[:2]), dtype=torch.float32)
+        for i, zz in enumerate(range(z - context, z + context + 1)):
+            if 0 <= zz < depth:
+                out[i] = array[..., zz].float()
+        return out
+
+    def batch(self, size: int, generator: torch.Generator, augment: bool = True, robust: bool = False,
+              context: int = 0, pseudo_prob: float = 0.0) -> Batch:
+        """``size`` slabs drawn with ``generator``.
+
+        augment : random left-right flips and a small affine jitter (MONAI RandAffine).
+        robust : scanner-robust intensity augmentation (:mod:`training.augment`).
+        context : neighbouring slices on each side of the centre slice, as extra input channels.
+        pseudo_prob : fraction of samples whose input carries a synthetic anomaly (copies must be loaded).
+        """
+        from . import augment as aug
+
+        n = 2 * context + 1
+        inputs, targets, masks, lesions = [], [], [], []
+        draws = torch.rand(size, generator=generator)
+        seeds = torch.randint(2**31 - 1, (size, 3), generator=generator)
+        for draw, seed in zip(draws, seeds):
+            if self.pseudo is not None and draw < pseudo_prob:
+                v, k, z = self.lesion_slices[torch.randint(len(self.lesion_slices), (1,), generator=generator)][0]
+                sick = self._slab(self.pseudo[v][0][k], int(z), context)
+                lesion = self.pseudo[v][1][k][..., int(z)].float()[None]
+            else:
+                v, z = self.slices[torch.randint(len(self), (1,), generator=generator)][0]
+                sick, lesion = None, torch.zeros((1, *self.volumes.shape[1:3]))
+            clean = self._slab(self.volumes[v], int(z), context)
+            mask = self.masks[v][..., int(z)].float()[None]
+            stack = torch.cat([clean, clean if sick is None else sick, mask, lesion])
+            if augment:
+                stack = self._spatial(stack, int(seed[0]))
+            clean, sick, mask, lesion = stack[:n], stack[n:2 * n], stack[2 * n:2 * n + 1], stack[2 * n + 1:]
+            mask, lesion = (mask > 0.5).float(), (lesion > 0.5).float() * (mask > 0.5)
+            if robust:
+                both = aug.appearance(torch.cat([clean, sick]), mask, int(seed[1]))
+                clean, sick = both[:n], aug.acquisition(both[n:], mask, int(seed[2]))
+            else:
+                clean, sick = clean * mask, sick * mask
+            inputs.append(sick)
+            targets.append(clean[context:context + 1])
+            masks.append(mask)
+            lesions.append(lesion)
+        return Batch(*(torch.stack(t) for t in (inputs, targets, masks, lesions)))
+
+    @staticmethod
+    def _spatial(stack: torch.Tensor, seed: int) -> torch.Tensor:
+        from monai.transforms import RandAffine
+
+        if seed % 2:
+            stack = stack.flip(-2)  # axis X is left-right on the model grid
+        affine = RandAffine(prob=1.0, rotate_range=0.08, scale_range=0.05, translate_range=(3, 3),
+                            padding_mode="zeros", mode="bilinear")
+        affine.set_random_state(seed=seed)
+        return torch.as_tensor(affine(stack)).float()

@@ -20,17 +20,16 @@ from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import MNI_NAME, MNI_SHAPE
 
 from .calibrate import calibrate_folder
+from .data import SITES
 from .fit import CHECKPOINT
 
-IXI = ("IXI train split: 34 healthy T1 scans (Hammersmith Hospital, Philips 3T, age 24-74), "
-       "IXI dataset, CC BY-SA 3.0, brain-development.org/ixi-dataset")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by 'fit'")
     p.add_argument("--to", type=Path, help="model folder (default: the plugin's bundled weights/NAME)")
-    p.add_argument("--data", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
-    p.add_argument("--cache", type=Path, default=Path("cache/ixi"))
+    p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
+                   help="site caches whose val splits calibrate the threshold")
     p.add_argument("--max-flagged", type=float, default=0.005)
     p.add_argument("--device", default="auto")
 
@@ -50,15 +49,27 @@ def main(args) -> int:
         "normalisation": "percentiles 0.5-99.5 inside the brain mask mapped to [0, 1], clipped",
         "architecture": recipe["architecture"], "weights": "weights.safetensors", "scoring": recipe["scoring"],
         "threshold": 0.0, "t_int": recipe.get("t_int"),
-        "training": {"data": IXI, "recipe": f"training/recipes/{recipe['name']}.json",
-                     "command": f"python -m training fit training/recipes/{recipe['name']}.json --data cache/ixi "
-                                f"--out runs/{recipe['name']}",
+        "training": {"data": training_data(cfg.get("sites", []), saved.get("train_scans", {})),
+                     "recipe": f"training/recipes/{recipe['name']}.json",
+                     "command": f"python -m training fit training/recipes/{recipe['name']}.json --data "
+                                + " ".join(f"cache/{s}" for s in cfg.get("sites", [])) + f" --out runs/{recipe['name']}",
                      "steps": int(saved["step"]), "batch_size": cfg["batch_size"], "seed": cfg["seed"],
                      "wall_time_s": round(float(saved["seconds"]), 1), "machine": saved["machine"],
                      "parameters": int(sum(v.numel() for v in tensors.values())), "weights_dtype": str(dtype)[6:]},
         "metrics": {},
     }
     write_card(folder, card)
-    calibrate_folder(folder, args.data, args.cache, args.max_flagged, args.device)
+    calibrate_folder(folder, args.cache, args.max_flagged, args.device)
     print(f"exported {recipe['name']} -> {folder}")
     return 0
+
+
+def training_data(sites: list[str], scans: dict[str, int]) -> str:
+    """Attribution of the training scans, site by site, with each site's licence."""
+    parts = []
+    for name in sites:
+        site = SITES.get(name)
+        count = f"{scans[name]} " if name in scans else ""
+        parts.append(f"{name} train split: {count}scans, {site.description}; {site.licence}" if site else
+                     f"{name}: {count}healthy scans from cache '{name}'")
+    return " + ".join(parts) or "unknown"

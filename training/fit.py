@@ -29,7 +29,8 @@ CHECKPOINT = "checkpoint.pt"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", type=Path, help="recipe JSON (training/recipes/*.json)")
-    p.add_argument("--data", type=Path, default=Path("cache/ixi"), help="cache made by 'prepare'")
+    p.add_argument("--data", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
+                   help="site caches made by 'prepare' (their train splits)")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, loss log, recipe copy)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--steps", type=int, help="override the recipe's number of steps")
@@ -49,7 +50,9 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device) if world == 1 or not torch.cuda.is_available() else f"cuda:{rank}"
     out = Path(args.out)
-    state = fit(recipe, SliceData.from_cache(args.data, "train"), out, device, args.resume, rank, world)
+    recipe["training"]["sites"] = [Path(c).name for c in args.data]
+    data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0)
+    state = fit(recipe, data, out, device, args.resume, rank, world)
     if rank == 0:
         print(f"{recipe['name']}: {state['step']} steps, final loss {state['loss']:.5f}, "
               f"{state['seconds']:.0f} s -> {out / CHECKPOINT}")
@@ -98,7 +101,9 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     log = []
     while step < total:
         generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step * 101 + rank)
-        batch = data.batch(cfg["batch_size"], generator, augment=cfg.get("augment", True)).to(device)
+        batch = data.batch(cfg["batch_size"], generator, augment=cfg.get("augment", True),
+                           robust=cfg.get("robust", False), context=recipe["architecture"].get("context", 0),
+                           pseudo_prob=cfg.get("pseudo_prob", 0.0)).to(device)
         loss_value = loss_fn(model, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss_value.backward()
@@ -109,15 +114,17 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if rank == 0 and (time.perf_counter() - last_save > every or step % every_steps == 0 or step == total):
-            _save(ckpt, network, optimizer, step, time.perf_counter() - start, log, out)
+            _save(ckpt, network, optimizer, step, time.perf_counter() - start, log, out, data.n_volumes)
             last_save, log = time.perf_counter(), []
     bar.close()
     return {"step": step, "loss": loss, "seconds": time.perf_counter() - start}
 
 
-def _save(path: Path, network, optimizer, step: int, seconds: float, log: list, out: Path) -> None:
+def _save(path: Path, network, optimizer, step: int, seconds: float, log: list, out: Path,
+          train_scans: dict) -> None:
     """Checkpoint atomically, then append the loss log (the log never runs ahead of the checkpoint)."""
     state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "seconds": seconds,
+             "train_scans": train_scans,
              "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}"}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     with open(out / "loss.csv", "a", newline="") as f:

@@ -1,6 +1,7 @@
 """Training objectives per family: ``LOSSES[family](recipe, device)(model, batch, generator) -> loss``.
 
-``batch`` is (B, 2, H, W): channel 0 the slice in [0, 1], channel 1 its brain mask.
+``batch`` is a :class:`training.data.Batch`: ``input`` (what the network sees), ``target`` (the
+healthy centre slice), ``mask`` and ``lesion`` (synthetic anomaly, for restoration).
 """
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import torch.nn.functional as F
 
 def reconstruction_loss(recipe, device):
     def loss(model, batch, generator):
-        x = batch[:, :1]
-        return F.mse_loss(model(x), x)
+        return F.mse_loss(model(batch.input), batch.target)
     return loss
 
 
@@ -19,10 +19,9 @@ def vae_loss(recipe, device):
     beta = recipe["training"].get("kl_weight", 1e-4)
 
     def loss(model, batch, generator):
-        x = batch[:, :1]
-        recon, mu, logvar, _ = model(x)
+        recon, mu, logvar, _ = model(batch.input)
         kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
-        return F.mse_loss(recon, x) + beta * kl
+        return F.mse_loss(recon, batch.target) + beta * kl
     return loss
 
 
@@ -36,9 +35,24 @@ def denoising_loss(recipe, device):
     cfg = recipe["training"]["noise"]
 
     def loss(model, batch, generator):
-        x, mask = batch[:, :1], batch[:, 1:]
-        noisy = x + mask * coarse_noise(x.shape, cfg["size"], cfg["std"], generator, x.device)
-        return F.mse_loss(model(noisy), x)
+        x = batch.input
+        noisy = x + batch.mask * coarse_noise(x.shape, cfg["size"], cfg["std"], generator, x.device)
+        return F.mse_loss(model(noisy), batch.target)
+    return loss
+
+
+def restoration_loss(recipe, device):
+    """L1 between the restored slice and the healthy one, inside the brain; lesion voxels weighted up.
+
+    ``training.lesion_weight`` (default 1) adds that much weight to the synthetic lesion's voxels, so
+    small anomalies are not drowned by the healthy tissue around them.
+    """
+    weight = recipe["training"].get("lesion_weight", 1.0)
+
+    def loss(model, batch, generator):
+        error = (model(batch.input) - batch.target).abs()
+        w = batch.mask * (1.0 + weight * batch.lesion)
+        return (error * w).sum() / w.sum().clamp_min(1.0)
     return loss
 
 
@@ -52,11 +66,12 @@ def diffusion_loss(recipe, device):
     t_max = recipe["training"].get("max_timestep", scheduler.num_train_timesteps)  # partial noising stays below
 
     def loss(model, batch, generator):
-        x = batch[:, :1] * 2 - 1
+        x = batch.target * 2 - 1
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         t = torch.randint(0, t_max, (x.shape[0],), generator=generator).to(x.device)
         return F.mse_loss(model(scheduler.add_noise(x, noise, t), timesteps=t), noise)
     return loss
 
 
-LOSSES = {"ae": reconstruction_loss, "vae": vae_loss, "dae": denoising_loss, "ddpm": diffusion_loss}
+LOSSES = {"ae": reconstruction_loss, "vae": vae_loss, "dae": denoising_loss, "restore": restoration_loss,
+          "ddpm": diffusion_loss}

@@ -1,31 +1,80 @@
-"""Preprocess a folder of healthy scans once into a cache of model-grid volumes (.npz).
+"""Preprocess the healthy sites once into caches of model-grid volumes, and their pseudo-pathology copies.
 
-Reads ``DATA/splits.csv`` (columns subject, file, split), runs the plugin's own preprocessing
-(skull stripping, registration to MNI152 2 mm, normalisation) on each file and writes
-``CACHE/<subject>.npz`` (image, mask) plus a copy of ``splits.csv``. Cached files are kept.
+For each site of :data:`training.data.SITES` (``--sites``), runs the plugin's own preprocessing
+(skull stripping when needed, registration to MNI152 2 mm, normalisation) on every scan of the
+chosen splits and writes ``CACHE/<site>/<stem>.npz`` (image, mask) plus ``splits.csv``.
+With ``--pseudo-per-scan K``, also writes ``CACHE/<site>/pseudo/<stem>.npz``: K anomalous copies
+of each ``train`` scan (:mod:`training.pseudo`), seeded by (``--seed``, site, scan). Cached files are kept.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
+import csv
+import zlib
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from .data import load_preprocessed, split_files
+from napari_brainuad.io import atomic_write
+from napari_brainuad.template import mni152
+
+from .data import SITES, load_preprocessed
+from .pseudo import lesion_masks_on_grid, pseudo_pathology
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path("../shared/data/ixi-t1-2mm"), help="folder with splits.csv")
-    p.add_argument("--cache", type=Path, default=Path("cache/ixi"))
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder holding the site folders")
+    p.add_argument("--cache", type=Path, default=Path("cache"), help="cache root (one folder per site)")
+    p.add_argument("--sites", nargs="+", default=list(SITES), choices=list(SITES))
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    p.add_argument("--pseudo-per-scan", type=int, default=0, help="anomalous copies of each train scan")
+    p.add_argument("--lesion-masks", type=Path, default=Path("../shared/data/lesion-masks/mslub-mni"),
+                   help="real lesion masks that start fluid-driven anomalies")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def main(args) -> int:
-    args.cache.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.data / "splits.csv", args.cache / "splits.csv")
-    files = [f for split in args.splits for f in split_files(args.data, split)]
-    for path in tqdm(files, desc="prepare"):
-        load_preprocessed(path, args.cache)
-    print(f"{len(files)} scans cached in {args.cache}")
+    lesion_masks = None
+    for site_name in args.sites:
+        site, cache = SITES[site_name], args.cache / site_name
+        cache.mkdir(parents=True, exist_ok=True)
+        scans = [s for split in args.splits for s in site.scans(args.data, split)]
+        rows = [{"subject": s.subject, "file": s.path.name, "split": s.split} for s in site.scans(args.data)]
+        _write_splits(cache / "splits.csv", rows)
+        for scan in tqdm(scans, desc=f"prepare {site_name}"):
+            load_preprocessed(scan.path, cache, brain_mask=scan.brain_mask)
+        print(f"{len(scans)} {site_name} scans cached in {cache}")
+        if args.pseudo_per_scan:
+            if lesion_masks is None:
+                lesion_masks = lesion_masks_on_grid(args.lesion_masks, mni152())
+            train = [s for s in site.scans(args.data, "train")]
+            for i, scan in enumerate(tqdm(train, desc=f"pseudo-pathology {site_name}")):
+                write_pseudo(cache, scan.stem, args.pseudo_per_scan, lesion_masks,
+                             [args.seed, zlib.crc32(site_name.encode()), i])
     return 0
+
+
+def write_pseudo(cache: Path, stem: str, count: int, lesion_masks: list, seed: list[int]) -> Path:
+    """``count`` anomalous copies of a cached scan, as ``cache/pseudo/<stem>.npz`` (kept if present)."""
+    path = cache / "pseudo" / f"{stem}.npz"
+    if path.exists():
+        return path
+    with np.load(cache / f"{stem}.npz") as z:
+        image, mask = z["image"], z["mask"]
+    rng = np.random.default_rng(seed)
+    copies = [pseudo_pathology(image, mask, rng, lesion_masks) for _ in range(count)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: np.savez_compressed(
+        tmp, images=np.stack([c.image for c in copies]).astype(np.float16),
+        lesions=np.stack([c.lesion for c in copies]), kinds=np.array([c.kind for c in copies])))
+    return path
+
+
+def _write_splits(path: Path, rows: list[dict]) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["subject", "file", "split"])
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(path, write)

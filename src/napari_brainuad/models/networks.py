@@ -14,17 +14,18 @@ def build_network(family: str, arch: dict) -> nn.Module:
     from monai.networks.nets import AutoEncoder, DiffusionModelUNet, UNet, VarAutoEncoder
 
     a = dict(arch)
+    channels_in = 2 * int(a.get("context", 0)) + 1  # the slice and its neighbours on each side
     try:
         if family == "ae":
-            return AutoEncoder(spatial_dims=2, in_channels=1, out_channels=1, channels=a["channels"],
+            return AutoEncoder(spatial_dims=2, in_channels=channels_in, out_channels=1, channels=a["channels"],
                                strides=a["strides"], num_res_units=a.get("num_res_units", 1), norm="batch")
         if family == "vae":
-            return VarAutoEncoder(spatial_dims=2, in_shape=(1, *a["slice_shape"]), out_channels=1,
+            return VarAutoEncoder(spatial_dims=2, in_shape=(channels_in, *a["slice_shape"]), out_channels=1,
                                   latent_size=a["latent_size"], channels=a["channels"], strides=a["strides"],
                                   num_res_units=a.get("num_res_units", 1), norm="batch", use_sigmoid=False,
                                   use_mean_at_inference=True)
-        if family == "dae":
-            return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=a["channels"], strides=a["strides"],
+        if family in ("dae", "restore"):
+            return UNet(spatial_dims=2, in_channels=channels_in, out_channels=1, channels=a["channels"], strides=a["strides"],
                         num_res_units=a.get("num_res_units", 2), norm="batch")
         if family == "ddpm":
             return DiffusionModelUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=a["channels"],

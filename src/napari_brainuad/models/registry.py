@@ -16,7 +16,8 @@ from .intensity import IntensityBaseline
 from .slicewise import DDPMModel, SliceModel, VAEModel
 
 FAMILIES: dict[str, type[AnomalyModel]] = {
-    "intensity": IntensityBaseline, "ae": SliceModel, "vae": VAEModel, "dae": SliceModel, "ddpm": DDPMModel}
+    "intensity": IntensityBaseline, "ae": SliceModel, "vae": VAEModel, "dae": SliceModel, "restore": SliceModel,
+    "ddpm": DDPMModel}
 """Family name (the card's ``family``) -> model class."""
 
 

@@ -1,8 +1,11 @@
 """Learned 2D families run slice-wise over the axial slices (last axis) of the model grid.
 
 ae: autoencoder with a spatial bottleneck (Baur et al. 2021); vae: variational autoencoder;
-dae: denoising autoencoder trained on coarse noise (Kascenas et al. 2022); ddpm: denoising
-diffusion, partially noised to ``t_int`` and denoised back with DDIM steps.
+dae: denoising autoencoder trained on coarse noise (Kascenas et al. 2022); restore: a UNet trained
+to remove synthetic anomalies (pseudo-pathology restoration, the idea behind UNA, Liu et al. 2025);
+ddpm: denoising diffusion, partially noised to ``t_int`` and denoised back with DDIM steps.
+A card's ``architecture.context`` gives the network that many neighbouring slices on each side
+as extra input channels (zeros beyond the grid).
 """
 from __future__ import annotations
 
@@ -47,14 +50,18 @@ class SliceModel(AnomalyModel):
         super().__init__(card, device)
         self.network = (network if network is not None else load_network(card)).to(device).eval()
         self.batch_size = int(card.architecture.get("inference_batch", 32))
+        self.context = int(card.architecture.get("context", 0))
 
     def iter_reconstruct(self, image, mask, t_int=None, seed=0) -> Steps[np.ndarray]:
         slices = np.flatnonzero(mask.any(axis=(0, 1)))
         out = np.zeros_like(image, dtype=np.float32)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         batches = [slices[i:i + self.batch_size] for i in range(0, len(slices), self.batch_size)]
+        padded = np.pad(image, ((0, 0), (0, 0), (self.context, self.context)))
+        offsets = np.arange(2 * self.context + 1)
         for n, index in enumerate(batches):
-            x = torch.from_numpy(np.ascontiguousarray(image[:, :, index].transpose(2, 0, 1)[:, None])).to(self.device)
+            slabs = padded[:, :, index[:, None] + offsets]  # (X, Y, B, C): centre slice at channel `context`
+            x = torch.from_numpy(np.ascontiguousarray(slabs.transpose(2, 3, 0, 1), dtype=np.float32)).to(self.device)
             y = yield from scaled(self.reconstruct_batch(x, t_int, generator), n / len(batches), (n + 1) / len(batches))
             out[:, :, index] = y[:, 0].clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
         return np.where(mask, out, 0.0).astype(np.float32)

@@ -1,0 +1,103 @@
+"""Training slabs: slice context, scanner-robust augmentation and pseudo-pathology pairs."""
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import healthy_cache
+from napari_brainuad.models.slicewise import SliceModel
+from napari_brainuad.models.card import validate_card
+from napari_brainuad.template import mni152
+from training.augment import acquisition, appearance
+from training.data import SliceData
+from training.prepare import write_pseudo
+from training.pseudo import lesion_masks_on_grid, pseudo_pathology
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = healthy_cache(tmp_path_factory.mktemp("cache"))
+    for i, stem in enumerate(["sub0", "sub1"]):
+        write_pseudo(folder, stem, 3, [], [0, i])
+    return folder
+
+
+def test_pseudo_pathology_changes_only_the_brain_and_repeats_with_the_seed():
+    tpl = mni152()
+    image = tpl.image.astype(np.float32)
+    a = pseudo_pathology(image, tpl.mask, np.random.default_rng(3), [])
+    b = pseudo_pathology(image, tpl.mask, np.random.default_rng(3), [])
+    assert a.lesion.sum() >= 5 and not (a.lesion & ~tpl.mask).any()
+    assert np.array_equal(a.image, b.image) and a.kind == b.kind
+    assert np.array_equal(a.image[~tpl.mask], image[~tpl.mask])
+    assert np.abs(a.image - image)[a.lesion].max() > 0
+
+
+def test_real_lesion_masks_land_at_the_same_world_position(tmp_path):
+    """A 1 mm MNI mask resampled to the 2 mm model grid stays at its world coordinates."""
+    tpl = mni152()
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [90, -126, -72]  # FSL MNI152 1 mm
+    data = np.zeros((182, 218, 182), np.uint8)
+    centre = np.array([30.0, -20.0, 20.0])  # world mm
+    ijk = np.round(np.linalg.inv(affine) @ np.append(centre, 1))[:3].astype(int)
+    data[tuple(slice(c - 4, c + 5) for c in ijk)] = 1
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "p01_lesions.nii.gz")
+    (mask,) = lesion_masks_on_grid(tmp_path, tpl)
+    found = tpl.affine @ np.append(np.argwhere(mask).mean(axis=0), 1)
+    assert np.linalg.norm(found[:3] - centre) < 1.5
+
+
+def test_slab_has_context_channels_and_a_clean_target(cache):
+    data = SliceData.from_cache(cache, "train")
+    batch = data.batch(6, torch.Generator().manual_seed(0), augment=False, context=2)
+    assert batch.input.shape[1] == 5 and batch.target.shape[1] == 1
+    torch.testing.assert_close(batch.input[:, 2:3], batch.target)  # centre channel, nothing added
+    assert not torch.equal(batch.input[:, 0], batch.input[:, 2])  # neighbours differ
+    assert batch.lesion.sum() == 0
+
+
+def test_pseudo_pairs_carry_lesions_the_target_does_not(cache):
+    data = SliceData.from_cache(cache, "train", pseudo=True)
+    batch = data.batch(8, torch.Generator().manual_seed(1), augment=True, context=1, pseudo_prob=1.0)
+    assert all(batch.lesion[i].sum() > 0 for i in range(8))
+    inside = batch.lesion > 0
+    assert (batch.input[:, 1:2] - batch.target).abs()[inside].mean() > 0
+    healthy = data.batch(8, torch.Generator().manual_seed(1), augment=False, pseudo_prob=0.0)
+    assert healthy.lesion.sum() == 0
+
+
+def test_robust_slabs_share_one_appearance_and_only_the_input_is_degraded(cache):
+    data = SliceData.from_cache(cache, "train")
+    plain = data.batch(8, torch.Generator().manual_seed(2), augment=False)
+    robust = data.batch(8, torch.Generator().manual_seed(2), augment=False, robust=True)
+    assert not torch.allclose(plain.target, robust.target)  # appearance changed the healthy slice
+    x, mask = plain.target[0], plain.mask[0]
+    both = appearance(torch.cat([x, x]), mask, seed=5)
+    torch.testing.assert_close(both[0], both[1])  # one mapping for every channel
+    changed = 0
+    for seed in range(20):  # every degradation fires at least once over these seeds
+        noisy = acquisition(x, mask, seed=seed)
+        assert noisy.shape == x.shape and (noisy * (1 - mask)).abs().max() == 0
+        changed += not torch.allclose(noisy, x * mask)
+    assert changed >= 5
+
+
+def test_slice_model_feeds_neighbouring_slices_as_channels():
+    """A network that returns its channel k reconstructs the volume shifted by k - context slices."""
+    tpl = mni152()
+
+    class Pick(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 2:3]  # the next slice (context 1: channels z-1, z, z+1)
+
+    card = validate_card({"name": "pick", "family": "restore", "modality": "T1", "spatial_dims": 2,
+                          "template": tpl.name, "grid_shape": list(tpl.shape), "spacing_mm": 2.0,
+                          "normalisation": "x", "architecture": {"context": 1}, "scoring": {}, "threshold": 0.1,
+                          "training": {}, "metrics": {}})
+    model = SliceModel(card, "cpu", network=Pick())
+    image = tpl.image.astype(np.float32)
+    out = model.reconstruct(image, tpl.mask)
+    slices = np.flatnonzero(tpl.mask.any(axis=(0, 1)))[:-1]
+    expected = np.where(tpl.mask, np.clip(np.roll(image, -1, axis=2), 0, 1), 0)
+    np.testing.assert_allclose(out[:, :, slices], expected[:, :, slices], atol=1e-6)
