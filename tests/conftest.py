@@ -34,10 +34,10 @@ def phantom_scan(step: int = 2, lesion: bool = True) -> nib.Nifti1Image:
 
 
 def healthy_cache(folder: Path) -> Path:
-    """A training cache of four noisy copies of the template on the model grid (train 2, val 1, test 1)."""
+    """A training cache of five noisy copies of the template on the model grid (train 2, val 2, test 1)."""
     tpl = mni152()
     rows = []
-    for i, split in enumerate(["train", "train", "val", "test"]):
+    for i, split in enumerate(["train", "train", "val", "val", "test"]):
         rng = np.random.default_rng(i)
         image = np.clip(tpl.image * (1 + 0.05 * rng.standard_normal(tpl.shape)), 0, 1).astype(np.float32)
         np.savez_compressed(folder / f"sub{i}.npz", image=image * tpl.mask, mask=tpl.mask)

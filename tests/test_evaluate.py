@@ -12,18 +12,31 @@ from napari_brainuad.metrics import average_precision
 from napari_brainuad.models import load_model
 from napari_brainuad.template import mni152
 from training.__main__ import main as training_main
-from training.cases import LESION_CASES, Case, Dataset, fluid_cases, shape_cases
-from training.evaluate import evaluate_dataset
+from training.cases import LESION_CASES, Case, Dataset, cached_cases, fluid_cases, shape_cases
+from training.evaluate import (BASELINE, beats_baseline, best_model_verdict, evaluate_dataset, flagged_ml,
+                               rescan_agreement, rescan_summary)
 
 
-def healthy(n: int = 2) -> list[Case]:
+def healthy(n: int = 2, seed: int = 0) -> list[Case]:
     tpl = mni152()
     cases = []
-    for i in range(n):
+    for i in range(seed, seed + n):
         rng = np.random.default_rng(i)
         image = np.clip(tpl.image * (1 + 0.03 * rng.standard_normal(tpl.shape)), 0, 1).astype(np.float32) * tpl.mask
         cases.append(Case(f"sub{i}", image, tpl.mask))
     return cases
+
+
+def write_site(cache, rows: list[tuple[str, str, str, Case | None]]) -> None:
+    """A site cache: ``splits.csv`` of (subject, file, split) and the .npz of each row that has a case."""
+    cache.mkdir(parents=True)
+    with open(cache / "splits.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["subject", "file", "split"])
+        writer.writeheader()
+        for subject, file, split, case in rows:
+            writer.writerow({"subject": subject, "file": file, "split": split})
+            if case is not None:
+                np.savez_compressed(cache / f"{file.split('.')[0]}.npz", image=case.image, mask=case.mask)
 
 
 def test_synthetic_datasets_are_deterministic_by_seed():
@@ -39,6 +52,49 @@ def test_synthetic_datasets_are_deterministic_by_seed():
         assert any(not np.array_equal(x.lesion, z.lesion) for x, z in zip(a, c))
     kinds = [x.kind for x in fluid_cases(scans, p0, 2, 0)]
     assert kinds == ["fluid:blobs", "fluid:real"] * 2
+    assert [x.kind for x in fluid_cases(scans, p0, 1, 0)] == ["fluid:blobs", "fluid:real"]  # sources cycle over scans
+
+
+def test_flagged_ml_uses_the_grid_voxel_volume():
+    flagged = np.zeros((10, 10, 10), bool)
+    flagged[:5, :5, :5] = True  # 125 voxels
+    assert flagged_ml(flagged, np.diag([2.0, 2.0, 2.0, 1.0])) == pytest.approx(1.0)
+    oblique = np.diag([-1.0, 2.0, 3.0, 1.0])[[1, 0, 2, 3]]  # axes swapped and flipped: |det| = 6 mm3
+    assert flagged_ml(flagged, oblique) == pytest.approx(0.75)
+    assert flagged_ml(flagged[:1, :1, :1], mni152().affine) == pytest.approx(0.008)
+
+
+def test_rescan_agreement_and_its_empty_cases():
+    a, b = np.zeros((4, 4, 4), bool), np.zeros((4, 4, 4), bool)
+    a.flat[:10] = True
+    b.flat[6:11] = True  # 5 voxels, 4 of them flagged in a too
+    assert rescan_agreement(a, b) == pytest.approx({"rescan Dice": 8 / 15, "flagged 1 in 2": 0.4,
+                                                    "flagged 2 in 1": 0.8})
+    empty = np.zeros_like(a)
+    assert set(rescan_agreement(empty, empty).values()) == {1.0}
+    assert set(rescan_agreement(a, empty).values()) == {0.0} == set(rescan_agreement(empty, a).values())
+    summary, rows = rescan_summary("m", [("1", "2"), ("3", "4")], {"1": a, "2": b, "3": empty, "4": empty})
+    assert [r["case"] for r in rows] == ["1 & 2", "3 & 4"] and summary["pairs both empty"] == 1
+    assert summary["rescan Dice"] == pytest.approx((8 / 15 + 1) / 2) and summary["volumes"] == 2
+
+
+def test_real_cases_against_the_baseline():
+    aps = {BASELINE: (0.2, 0.5), "m1": (0.9, 0.4), "m2": (0.3, 0.6)}
+    real = {c: {m: {"AP": ap[i]} for m, ap in aps.items()} for i, c in enumerate(("A", "B"))}
+    assert [beats_baseline(real, c, "m1") for c in "AB"] == ["yes", "no"]
+    assert beats_baseline(real, "A", BASELINE) == "-"
+    assert "**m1**" in best_model_verdict(real, list(aps)) and "1 of 2 real cases (not B)" in \
+        best_model_verdict(real, list(aps))
+    assert "every real case" in best_model_verdict(real, [BASELINE, "m2"])
+    assert "Evaluate" in best_model_verdict(real, ["m1", "m2"])
+
+
+def test_missing_site_cache_is_one_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="oasis: no site cache.*training prepare"):
+        cached_cases(tmp_path / "oasis")
+    write_site(tmp_path / "ixi", [("s", "s_T1.nii.gz", "test", None)])
+    with pytest.raises(FileNotFoundError, match=r"'test' scans not cached \(s_T1.npz\)"):
+        cached_cases(tmp_path / "ixi")
 
 
 def test_pooled_metrics_and_false_positive_rate():
@@ -63,17 +119,25 @@ def test_pooled_metrics_and_false_positive_rate():
     assert healthy_plot["curve"][0].size == 0
 
 
-def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
-    """``python -m training evaluate`` end to end on a fake data folder of phantoms."""
+def fake_layout(tmp_path):
+    """Data (OASIS participants, real lesion phantoms) and a two-site cache: 2 IXI and 3 OASIS test scans.
+
+    OASIS 1003 and 1023 are a rescan pair (the second with a dark spot); 1004's partner is not in ``test``.
+    """
     data, cache = tmp_path / "data", tmp_path / "cache"
-    (data / "ixi-t1-2mm").mkdir(parents=True)
-    cache.mkdir()
-    with open(data / "ixi-t1-2mm" / "splits.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["subject", "file", "split"])
-        writer.writeheader()
-        for i, case in enumerate(healthy()):
-            writer.writerow({"subject": case.name, "file": f"{case.name}_T1.nii.gz", "split": "test"})
-            np.savez_compressed(cache / f"{case.name}_T1.npz", image=case.image, mask=case.mask)
+    write_site(cache / "ixi", [(c.name, f"{c.name}_T1.nii.gz", "test", c) for c in healthy()]
+               + [("subX", "subX_T1.nii.gz", "train", None)])
+    oasis = healthy(3, seed=10)
+    oasis[1].image = oasis[0].image.copy()
+    oasis[1].image[40:46, 50:56, 50:56] *= 0.1
+    ids = ["1003", "1023", "1004", "1024"]
+    write_site(cache / "oasis", [(i, f"{i}_T1_brain.nii.gz", split, c)
+                                 for i, split, c in zip(ids, ["test", "test", "test", "train"], [*oasis, None])])
+    (data / "oasis-malf").mkdir(parents=True)
+    (data / "oasis-malf" / "participants.csv").write_text(
+        "id,oasis_subject,sex,age,scan,split\n1003,OAS1_0101,M,29,first of a rescan pair,test\n"
+        "1023,OAS1_0101,M,29,second of a rescan pair,test\n1004,OAS1_0111,M,23,first of a rescan pair,test\n"
+        "1024,OAS1_0111,M,23,second of a rescan pair,train\n")
     for image, truth, brain in LESION_CASES.values():
         scan = phantom_scan(step=2)
         lesion = nib.Nifti1Image((scan.get_fdata() == 50).astype(np.uint8), scan.affine)
@@ -82,24 +146,57 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
             if path:
                 (data / path).parent.mkdir(parents=True, exist_ok=True)
                 nib.save(img, data / path)
+    return data, cache
+
+
+DATASETS = ["IXI healthy", "OASIS healthy", "OASIS rescans", "IXI + shapes", "IXI + fluid", "OASIS + fluid",
+            "MSLUB-26 T1", "BraTS T1c"]
+
+
+def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
+    """``python -m training evaluate`` end to end on a fake data folder and two-site cache of phantoms."""
+    data, cache = fake_layout(tmp_path)
     out = tmp_path / "bench"
     args = ["evaluate", "--models", "intensity-t1", "--data", str(data), "--cache", str(cache), "--out", str(out),
             "--per-scan", "2", "--no-card-update", "--threads", "1"]
     assert training_main(args) == 0
     report = (out / "RESULTS.md").read_text()
-    for name in ("IXI healthy", "IXI + shapes", "IXI + fluid", "MSLUB-26 T1", "BraTS T1c"):
+    for name in DATASETS + ["Real cases, per case"]:
         assert f"## {name}" in report
+    assert report.index("## Targets") < report.index("## IXI healthy") and f"--cache {cache}" in report
     with open(out / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert {r["dataset"] for r in rows} == {"IXI healthy", "IXI + shapes", "IXI + fluid", "MSLUB-26 T1", "BraTS T1c"}
-    assert float(next(r for r in rows if r["dataset"] == "MSLUB-26 T1")["AP"]) > 0.3  # the dark phantom lesion
-    per_volume = (out / "results-per-volume.csv").read_text()
-    for figure in ("synthetic-examples", "ixi-healthy", "ixi-shapes", "ixi-fluid", "mslub-26-t1", "brats-t1c"):
+        rows = {r["dataset"]: r for r in csv.DictReader(f)}
+    assert list(rows) == DATASETS
+    assert float(rows["MSLUB-26 T1"]["AP"]) > 0.3  # the dark phantom lesion
+    assert rows["OASIS healthy"]["volumes"] == "3" and rows["OASIS + fluid"]["volumes"] == "3"
+    assert rows["OASIS rescans"]["volumes"] == "1" and 0 <= float(rows["OASIS rescans"]["rescan Dice"]) <= 1
+    with open(out / "results-per-volume.csv", newline="") as f:
+        per_volume = list(csv.DictReader(f))
+    assert [r["case"] for r in per_volume if r["dataset"] == "OASIS rescans"] == ["1003 & 1023"]
+    brain = int(mni152().mask.sum())
+    for site in ("IXI healthy", "OASIS healthy"):
+        scans = [r for r in per_volume if r["dataset"] == site]
+        for r in scans:  # ml = flagged voxels x 0.008 ml, flagged % = flagged voxels / brain voxels
+            voxels = float(r["flagged ml"]) / 0.008
+            assert voxels == pytest.approx(round(voxels), abs=0.1)
+            assert 100 * round(voxels) / brain == pytest.approx(float(r["flagged %"]), abs=6e-4)
+        ml = [float(r["flagged ml"]) for r in scans]
+        assert max(ml) > 0
+        assert float(rows[site]["median flagged ml"]) == pytest.approx(np.median(ml), abs=1e-3)
+        assert float(rows[site]["max flagged ml"]) == pytest.approx(max(ml), abs=1e-3)
+    meets = all(float(rows[s]["median flagged %"]) <= 0.5 and float(rows[s]["median flagged ml"]) <= 5
+                for s in ("IXI healthy", "OASIS healthy"))
+    target = next(line for line in report.splitlines() if line.startswith("| intensity-t1 |"))
+    assert target.endswith(f"| {'yes' if meets else 'no'} |")
+    for case in ("MSLUB-26", "BraTS-01", "BraTS-02"):
+        assert f"| {case} | intensity-t1 |" in report and report.count(f"| {case} | intensity-t1 |") == 1
+    for figure in ("synthetic-examples", "ixi-healthy", "oasis-healthy", "oasis-rescans", "ixi-shapes", "ixi-fluid",
+                   "oasis-fluid", "mslub-26-t1", "brats-t1c"):
         with Image.open(out / "figures" / f"{figure}.png") as png:
             assert png.width > 300 and png.height > 200
-    first = {p.name: p.read_bytes() for p in (out / "results.csv", out / "results-per-volume.csv")}
+    first = (out / "results-per-volume.csv").read_text()
     shutil.rmtree(out)
     assert training_main(args) == 0  # same seed, same numbers (the seconds column aside)
     again = (out / "results-per-volume.csv").read_text()
     strip = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731
-    assert strip(again) == strip(per_volume) and first["results.csv"].count(b"\n") == 6
+    assert strip(again) == strip(first)

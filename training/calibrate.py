@@ -1,8 +1,16 @@
-"""Calibrate a model's default threshold on healthy validation scans and write it into its card.
+"""Calibrate a model's default threshold on healthy validation scans of every site and write it into its card.
 
 The threshold is the anomaly score that flags at most ``--max-flagged`` of the healthy brain
-voxels of the IXI ``val`` split; the fraction flagged on the ``test`` split at that threshold is
-measured and stored too (never tuned on).
+voxels of the ``val`` split of each site cache (the largest of the per-site thresholds, so no site
+exceeds it); the fraction flagged on each site's ``test`` split at that threshold is measured and
+stored too (never tuned on).
+
+When the card's scoring is normative (``scoring.normative``), the voxel-wise healthy statistics of
+the residual are fitted on the pooled ``val`` scans of every site (mirrored left-right;
+:func:`napari_brainuad.scoring.fit_normative`) and written as ``normative.safetensors`` next to
+the card. The threshold is calibrated on the normative scores of those val scans, each scored
+against statistics fitted without it (leave one scan out): scored against statistics that include
+it, a scan looks more typical than a new one does, and the threshold would come out too low.
 """
 from __future__ import annotations
 
@@ -13,71 +21,125 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
+from napari_brainuad.io import atomic_write
 from napari_brainuad.models import find_card, load_model, write_card
-from napari_brainuad.scoring import ScoringConfig, anomaly_map, calibrate_threshold
+from napari_brainuad.models.card import NORMATIVE_FILE
+from napari_brainuad.scoring import (NORMATIVE_FLOOR, NORMATIVE_SIGMA, ScoringConfig, calibrate_threshold,
+                                     fit_normative, midline_index, residual_map, save_normative)
+from napari_brainuad.template import mni152
 
-from .data import load_preprocessed, split_files
+from .data import cached_split
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="bundled model name or model folder")
-    p.add_argument("--data", type=Path, default=Path("../shared/data/ixi-t1-2mm"), help="IXI folder with splits.csv")
-    p.add_argument("--cache", type=Path, default=Path("cache/ixi"), help="preprocessed-scan cache")
+    p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
+                   help="site caches made by 'prepare' (their val and test splits)")
     p.add_argument("--max-flagged", type=float, default=0.005, help="fraction of healthy brain voxels flagged")
     p.add_argument("--device", default="auto")
 
 
-def healthy_maps(model, files, cache, t_int=None):
-    """Anomaly maps and eroded-brain masks (template grid) of healthy scans."""
-    config = ScoringConfig.from_card(model.card.scoring)
-    maps, masks = [], []
+def reconstructions(model, files: list[Path], t_int=None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(image, reconstruction, brain mask) on the template grid of each cached healthy scan."""
+    scans = []
     for path in tqdm(files, desc=model.name):
-        image, mask = load_preprocessed(path, cache)
-        recon = model.reconstruct(image, mask, t_int=t_int)
-        score = anomaly_map(image, recon, mask, config, device=model.device)
-        maps.append(score)
-        masks.append(score_support(mask, config))
-    return maps, masks
+        with np.load(path) as z:
+            image, mask = z["image"], z["mask"]
+        scans.append((image, model.reconstruct(image, mask, t_int=t_int), mask))
+    return scans
+
+
+def healthy_maps(model, scans):
+    """Anomaly maps and eroded-brain masks of :func:`reconstructions`' scans, with the model's scoring."""
+    config = ScoringConfig.from_card(model.card.scoring)
+    return ([model.anomaly_map(image, recon, mask) for image, recon, mask in scans],
+            [score_support(mask, config) for _, _, mask in scans])
+
+
+def normative_val_maps(model, val: list[list]) -> list[tuple[list, list]]:
+    """Fit the healthy residual statistics on every site's val scans and hand them to ``model``.
+
+    Returns, per site, the anomaly maps and eroded-brain masks of its val scans, each scored
+    against statistics fitted on all the other val scans (leave one scan out).
+    """
+    config = ScoringConfig.from_card(model.card.scoring)
+    scans = [scan for site in val for scan in site]
+    if len(scans) < 2:
+        raise ValueError(f"model {model.name}: normative calibration needs at least two healthy val scans "
+                         f"(one is left out of the statistics at a time); the caches hold {len(scans)}.")
+    residuals = [residual_map(image, recon, mask, config, device=model.device) for image, recon, mask in scans]
+    masks = [mask for _, _, mask in scans]
+    midline = midline_index(mni152().affine)
+    per_site, i = [], 0
+    for site in val:
+        maps = []
+        for image, recon, mask in site:
+            model.normative = fit_normative(residuals[:i] + residuals[i + 1:], masks[:i] + masks[i + 1:],
+                                            midline=midline)
+            maps.append(model.anomaly_map(image, recon, mask))
+            i += 1
+        per_site.append((maps, [score_support(mask, config) for _, _, mask in site]))
+    model.normative = fit_normative(residuals, masks, midline=midline)
+    return per_site
 
 
 def score_support(mask: np.ndarray, config: ScoringConfig) -> np.ndarray:
-    from scipy import ndimage
-
     return ndimage.binary_erosion(mask, iterations=config.erode) if config.erode else mask
 
 
 def main(args) -> int:
-    result = calibrate_folder(args.model, args.data, args.cache, args.max_flagged, args.device)
+    result = calibrate_folder(args.model, args.cache, args.max_flagged, args.device)
     print(json.dumps(result, indent=2))
     return 0
 
 
-def calibrate_folder(model_ref, data_dir: Path, cache: Path, max_flagged: float = 0.005, device: str = "auto") -> dict:
-    """Set a model card's threshold from the healthy val split; measure flagged voxels on test."""
+def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = 0.005, device: str = "auto") -> dict:
+    """Set a model card's threshold from the healthy val splits; measure flagged voxels on the test splits."""
     model = load_model(model_ref, device)
     start = time.perf_counter()
     t_int = model.card.t_int["default"] if model.card.is_diffusion else None
-    val_maps, val_masks = healthy_maps(model, split_files(data_dir, "val"), cache, t_int)
-    threshold = calibrate_threshold(val_maps, val_masks, max_flagged)
-    test_maps, test_masks = healthy_maps(model, split_files(data_dir, "test"), cache, t_int)
-    flagged = [float((m[k] >= threshold).mean()) for m, k in zip(test_maps, test_masks)]
+    caches = [Path(c) for c in caches]
+    val = [reconstructions(model, cached_split(cache, "val"), t_int) for cache in caches]
+    n_val = sum(len(scans) for scans in val)
+    normative = None
+    if ScoringConfig.from_card(model.card.scoring).normative:
+        val_maps = normative_val_maps(model, val)
+        atomic_write(model.card.folder / NORMATIVE_FILE, lambda tmp: save_normative(model.normative, tmp))
+        normative = {"file": NORMATIVE_FILE, "scans": model.normative.n_scans, "mirrored": True,
+                     "sigma_voxels": NORMATIVE_SIGMA, "std_floor_fraction_of_median": NORMATIVE_FLOOR,
+                     "threshold_maps": "each val scan scored against statistics fitted without it"}
+    else:
+        val_maps = [healthy_maps(model, scans) for scans in val]
+    thresholds = [calibrate_threshold(maps, masks, max_flagged) for maps, masks in val_maps]
+    threshold = float(max(thresholds))
+    flagged = {}
+    for cache in caches:
+        maps, masks = healthy_maps(model, reconstructions(model, cached_split(cache, "test"), t_int))
+        flagged[cache.name] = [float((m[k] >= threshold).mean()) for m, k in zip(maps, masks)]
     card = find_card(model_ref)
     data = dict(card.data)
     data["threshold"] = threshold
+    if normative:
+        data["normative"] = NORMATIVE_FILE
     data["metrics"] = dict(data.get("metrics", {}))
+    sites = ", ".join(c.name for c in caches)
     data["metrics"]["calibration"] = {
-        "command": f"python -m training calibrate {card.name} --max-flagged {max_flagged}",
-        "data": f"IXI val split ({len(val_maps)} healthy T1 scans)", "max_flagged": max_flagged,
-        "threshold": threshold, "t_int": t_int,
-        "machine": f"{platform.machine()}, {platform.system()}", "seconds": round(time.perf_counter() - start, 1),
+        "command": f"python -m training calibrate {card.name} --cache {' '.join(map(str, caches))} "
+                   f"--max-flagged {max_flagged}",
+        "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
+        "scoring": "normative" if normative else "residual", "normative": normative,
+        "threshold": threshold, "per_site_thresholds": dict(zip([c.name for c in caches], thresholds)),
+        "t_int": t_int, "machine": f"{platform.machine()}, {platform.system()}",
+        "seconds": round(time.perf_counter() - start, 1),
     }
     data["metrics"]["healthy_test_flagged_fraction"] = {
-        "data": f"IXI test split ({len(flagged)} healthy T1 scans)", "mean": float(np.mean(flagged)),
-        "max": float(np.max(flagged))}
+        site: {"scans": len(v), "mean": float(np.mean(v)), "max": float(np.max(v))} for site, v in flagged.items() if v}
+    every = [f for v in flagged.values() for f in v]
     summary = dict(data["metrics"].get("summary", {}))
-    summary["healthy test voxels flagged"] = float(np.mean(flagged))
+    summary["healthy test voxels flagged"] = float(np.mean(every))
     data["metrics"]["summary"] = summary
     write_card(card.folder, data)
     return {"threshold": threshold, "healthy_test_flagged": flagged}

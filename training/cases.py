@@ -1,11 +1,14 @@
-"""The evaluation datasets: healthy IXI test scans, the same with synthetic anomalies, real lesion cases.
+"""The evaluation datasets: healthy test scans of each site, the same with synthetic anomalies, real lesion cases.
 
-Every case lives on the 2 mm model grid: ``image`` (X, Y, Z) float32 in [0, 1], ``mask`` the bool
-brain, ``lesion`` the bool ground truth inside the brain (None for healthy scans). Synthetic cases
-are seeded by ``(seed, scan index, copy index)``, so the same seed gives the same datasets.
+Healthy scans come from the site caches written by ``python -m training prepare`` (``CACHE/ixi``,
+``CACHE/oasis``); OASIS rescan pairs from ``oasis-malf/participants.csv``. Every case lives on the
+2 mm model grid: ``image`` (X, Y, Z) float32 in [0, 1], ``mask`` the bool brain, ``lesion`` the
+bool ground truth inside the brain (None for healthy scans). Synthetic cases are seeded by
+``(seed, scan index, copy index)``, so the same seed gives the same datasets.
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from napari_brainuad.io import read_volume
 from napari_brainuad.preprocess import preprocess
 from napari_brainuad.synthetic import fluid_anomaly, random_blobs, shape_anomaly
 
-from .data import load_preprocessed, split_files
+from .data import SITES, load_preprocessed, split_files
 
 LESION_CASES = {  # name: (image, lesion mask, brain mask or None)
     "MSLUB-26": ("mslub/patient26/T1.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
@@ -45,6 +48,8 @@ class Dataset:
     name: str
     description: str
     cases: list[Case] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    """Names of cases that are two scans of one brain (first, second): rescans to compare."""
 
     @property
     def healthy(self) -> bool:
@@ -58,6 +63,34 @@ def healthy_cases(ixi: Path, cache: Path) -> list[Case]:
         image, mask = load_preprocessed(path, cache)
         cases.append(Case(path.name.split("_")[0], image, mask))
     return cases
+
+
+def cached_cases(cache: Path, split: str = "test") -> list[Case]:
+    """Every scan of ``split`` in a site cache, named by the file's first ``_`` field (IXI subject, OASIS id)."""
+    table = Path(cache) / "splits.csv"
+    if not table.exists():
+        raise FileNotFoundError(f"{cache}: no site cache here (splits.csv); make it with 'python -m training prepare "
+                                f"--cache {Path(cache).parent}' (--cache is the root holding ixi/ and oasis/).")
+    with open(table, newline="") as f:
+        files = [Path(cache) / f"{r['file'].split('.')[0]}.npz" for r in csv.DictReader(f) if r["split"] == split]
+    missing = [f.name for f in files if not f.exists()]
+    if not files or missing:
+        raise FileNotFoundError(f"{cache}: '{split}' scans not cached ({', '.join(missing) or 'none listed'}); "
+                                "run 'python -m training prepare' first.")
+    cases = []
+    for path in files:
+        with np.load(path) as z:
+            cases.append(Case(path.name.split("_")[0], z["image"], z["mask"]))
+    return cases
+
+
+def rescan_pairs(participants: Path, names: list[str]) -> list[tuple[str, str]]:
+    """(first, second) OASIS ids of each subject scanned twice, when both scans are among ``names``."""
+    with open(participants, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["scan"].endswith("of a rescan pair") and r["id"] in names]
+    first = {r["oasis_subject"]: r["id"] for r in rows if r["scan"].startswith("first")}
+    second = {r["oasis_subject"]: r["id"] for r in rows if r["scan"].startswith("second")}
+    return sorted((first[s], second[s]) for s in first.keys() & second.keys())
 
 
 def lesion_cases(data: Path) -> list[Case]:
@@ -86,14 +119,15 @@ def fluid_cases(healthy: list[Case], p0_masks: dict[str, np.ndarray], per_scan: 
     """``per_scan`` copies of each healthy scan with one fluid-driven anomaly.
 
     The initial pathology ``P0`` cycles over random blobs and the given real lesion masks (on the
-    model grid, mirrored left-right at random, restricted to this brain); the ground truth is the
+    model grid, mirrored left-right at random, restricted to this brain), copy after copy and scan
+    after scan (so one copy per scan still uses every source); the ground truth is the
     evolved ``P > 0.5``. Copies whose ground truth comes out empty are redrawn with the next seed.
     """
     sources = ["blobs", *p0_masks]
     cases = []
     for i, case in enumerate(healthy):
         for k in range(per_scan):
-            source = sources[k % len(sources)]
+            source = sources[(i * per_scan + k) % len(sources)]
             for attempt in range(10):
                 rng = np.random.default_rng([seed, i, k, attempt])
                 if source == "blobs":
@@ -109,18 +143,24 @@ def fluid_cases(healthy: list[Case], p0_masks: dict[str, np.ndarray], per_scan: 
     return cases
 
 
-def build_datasets(data: Path, cache: Path, per_scan: int = 4, seed: int = 0) -> dict[str, Dataset]:
-    """All evaluation datasets by name, in report order."""
-    healthy = healthy_cases(data / "ixi-t1-2mm", cache)
+def build_datasets(data: Path, cache: Path, per_scan: int = 4, seed: int = 0,
+                   oasis_per_scan: int = 1) -> dict[str, Dataset]:
+    """All evaluation datasets by name, in report order; ``cache`` is the root of the site caches."""
+    ixi, oasis = cached_cases(Path(cache) / "ixi"), cached_cases(Path(cache) / "oasis")
+    pairs = rescan_pairs(Path(data) / SITES["oasis"].folder / "participants.csv", [c.name for c in oasis])
     real = lesion_cases(data)
     p0_masks = {c.name: c.lesion for c in real}
+    fluid = "one fluid-driven anomaly (Liu et al. 2025), {} per scan; P0 from random blobs or the real lesion masks."
     return {d.name: d for d in [
-        Dataset("IXI healthy", "IXI `test` split, 4 healthy T1 scans (false positives, reconstruction quality).",
-                healthy),
+        Dataset("IXI healthy", f"IXI `test` split, {len(ixi)} healthy T1 scans, Philips 3T, whole head "
+                "(false positives, reconstruction quality).", ixi),
+        Dataset("OASIS healthy", f"OASIS-1 `test` split, {len(oasis)} healthy T1 scans of a second scanner, Siemens "
+                f"1.5T, skull-stripped; {len(pairs)} subjects scanned twice (false positives off IXI).", oasis, pairs),
         Dataset("IXI + shapes", f"IXI `test` with one box or ellipsoid of 20-30 mm and uniform random intensity "
-                f"(Malé et al.), {per_scan} per scan, half of each kind.", shape_cases(healthy, per_scan, seed)),
-        Dataset("IXI + fluid", f"IXI `test` with one fluid-driven anomaly (Liu et al. 2025), {per_scan} per scan; "
-                "P0 from random blobs or the real lesion masks below.", fluid_cases(healthy, p0_masks, per_scan, seed)),
+                f"(Malé et al.), {per_scan} per scan, half of each kind.", shape_cases(ixi, per_scan, seed)),
+        Dataset("IXI + fluid", f"IXI `test` with {fluid.format(per_scan)}", fluid_cases(ixi, p0_masks, per_scan, seed)),
+        Dataset("OASIS + fluid", f"OASIS-1 `test` with {fluid.format(oasis_per_scan)}",
+                fluid_cases(oasis, p0_masks, oasis_per_scan, seed)),
         Dataset("MSLUB-26 T1", "MSLUB patient26: multiple sclerosis, T1, consensus lesion mask.", real[:1]),
         Dataset("BraTS T1c", "BraTS 2013 pat0001-0002: glioma on contrast-enhanced T1 (not the T1 the models were "
                 "trained on), whole tumour.", real[1:]),

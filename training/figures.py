@@ -1,4 +1,5 @@
-"""PNG figures of the benchmark: one case per dataset across models, precision-recall curves, synthetic examples.
+"""PNG figures of the benchmark: one case per dataset across models, precision-recall curves, synthetic examples,
+the flagged masks of a rescan pair.
 
 Slices are axial (last grid axis), shown in neurological convention (subject's left on the left,
 anterior up). Mask-versus-truth panels colour true positives green, false positives red and
@@ -75,6 +76,26 @@ def dataset_figure(path: Path, dataset: str, case, panels: dict[str, tuple], cur
         ax.set_axis_off()
         ax.text(0.5, 0.5, "healthy scans:\nno lesions, no PR curve", ha="center", va="center")
     fig.suptitle(f"{dataset}: {case.name}, axial slice {z}", fontsize=10)
+    _save(fig, path)
+
+
+def rescan_figure(path: Path, first, second, flagged: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """One row per model: each scan of a rescan pair with its flagged voxels (red), then both on the first scan.
+
+    flagged : model -> (flagged mask of ``first``, of ``second``), bool volumes on the model grid. The
+    last panel shows voxels flagged in both scans green, only in the first red, only in the second blue.
+    """
+    union = np.sum([a | b for a, b in flagged.values()], axis=0)
+    z = int(np.argmax(union.sum(axis=(0, 1)))) if union.any() else axial_slice(first)
+    fig, axes = plt.subplots(len(flagged), 3, figsize=(6.6, 2.3 * len(flagged)), constrained_layout=True,
+                             squeeze=False)
+    for r, (model, (a, b)) in enumerate(flagged.items()):
+        _show(axes[r, 0], overlay(first.image[..., z], a[..., z], None), f"scan 1: {first.name}" if r == 0 else "")
+        _show(axes[r, 1], overlay(second.image[..., z], b[..., z], None), f"scan 2: {second.name}" if r == 0 else "")
+        _show(axes[r, 2], overlay(first.image[..., z], a[..., z], b[..., z]), "" if r else "both / only 1 / only 2")
+        axes[r, 0].text(-0.08, 0.5, model, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=9)
+    fig.suptitle(f"rescans {first.name} and {second.name}: flagged at the card threshold, axial slice {z}", fontsize=10)
     _save(fig, path)
 
 

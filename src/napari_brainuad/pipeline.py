@@ -19,7 +19,7 @@ from .io import (InputError, Volume, atomic_write, is_image_path, read_volume, r
 from .models import AnomalyModel, ModelError, load_model
 from .preprocess import SkullStrip, iter_preprocess
 from .progress import Step, Steps, run, scaled
-from .scoring import Finding, ScoringConfig, anomaly_map, findings
+from .scoring import Finding, ScoringConfig, findings
 from .template import Template
 
 OUTPUT_KINDS = ("reconstruction", "anomaly", "mask", "findings")
@@ -114,7 +114,7 @@ def iter_detect(
     recon = yield from scaled(model.iter_reconstruct(pre.image, pre.mask, t_int=t_int, seed=seed), 0.3, 0.9)
     clock["model"] = time.perf_counter()
     yield Step("scoring", 0.9)
-    score = anomaly_map(pre.image, recon, pre.mask, scoring, device=model.device)
+    score = model.anomaly_map(pre.image, recon, pre.mask, scoring)
     yield Step("mapping back to the input grid", 0.95)
     native_score = pre.to_native(score)
     np.clip(native_score, 0.0, None, out=native_score)

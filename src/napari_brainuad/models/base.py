@@ -6,7 +6,8 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..progress import Steps, run
-from .card import ModelCard
+from ..scoring import NormativeStats, ScoringConfig, anomaly_map, load_normative
+from .card import ModelCard, ModelError
 
 
 class AnomalyModel(ABC):
@@ -19,6 +20,7 @@ class AnomalyModel(ABC):
     def __init__(self, card: ModelCard, device: str = "cpu"):
         self.card = card
         self.device = device
+        self._normative: NormativeStats | None = None
 
     @property
     def name(self) -> str:
@@ -31,3 +33,28 @@ class AnomalyModel(ABC):
 
     def reconstruct(self, image: np.ndarray, mask: np.ndarray, t_int: int | None = None, seed: int = 0) -> np.ndarray:
         return run(self.iter_reconstruct(image, mask, t_int=t_int, seed=seed))
+
+    @property
+    def normative(self) -> NormativeStats | None:
+        """Healthy residual statistics for normative scoring: set directly, or read once from the
+        file the card names (:class:`ModelError` naming it when missing or invalid); None when neither."""
+        if self._normative is None and self.card.normative_path is not None:
+            self._normative = load_normative(self.card.normative_path, tuple(self.card.grid_shape))
+        return self._normative
+
+    @normative.setter
+    def normative(self, stats: NormativeStats | None) -> None:
+        self._normative = stats
+
+    def anomaly_map(self, image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
+                    config: ScoringConfig | None = None) -> np.ndarray:
+        """The anomaly map of ``image`` against its ``reconstruction`` with this model's scoring.
+
+        ``config`` overrides the card's scoring switches; arrays are (X, Y, Z) on the card's grid.
+        """
+        config = config or ScoringConfig.from_card(self.card.scoring)
+        normative = self.normative if config.normative else None
+        if config.normative and normative is None:
+            raise ModelError(f"model {self.name}: normative scoring needs the healthy statistics file its card names "
+                             "in 'normative'; run 'python -m training calibrate' on it.")
+        return anomaly_map(image, reconstruction, mask, config, normative=normative, device=self.device)

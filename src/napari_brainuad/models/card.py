@@ -9,6 +9,8 @@ import jsonschema
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
+NORMATIVE_FILE = "normative.safetensors"
+"""Healthy residual statistics for normative scoring (written by ``python -m training calibrate``)."""
 
 SCHEMA = {
     "type": "object",
@@ -27,6 +29,7 @@ SCHEMA = {
         "normalisation": {"type": "string"},
         "architecture": {"type": "object"},
         "weights": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9_.-]+\.safetensors$"},
+        "normative": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9_.-]+\.safetensors$"},
         "scoring": {
             "type": "object",
             "additionalProperties": False,
@@ -36,6 +39,7 @@ SCHEMA = {
                 "median_size": {"type": "integer", "minimum": 0, "maximum": 11},
                 "erode": {"type": "integer", "minimum": 0, "maximum": 10},
                 "lpips": {"type": "boolean"},
+                "normative": {"type": "boolean"},
             },
         },
         "threshold": {"type": "number"},
@@ -75,6 +79,12 @@ class ModelCard:
     def weights_path(self) -> Path | None:
         weights = self.data.get("weights")
         return None if weights is None or self.folder is None else self.folder / weights
+
+    @property
+    def normative_path(self) -> Path | None:
+        """The normative statistics file (needed when ``scoring.normative`` is on), if the card names one."""
+        normative = self.data.get("normative")
+        return None if normative is None or self.folder is None else self.folder / normative
 
     def summary(self) -> str:
         """One line for lists and tooltips: family, modality, training data, key figures."""
