@@ -45,12 +45,19 @@ def restoration_loss(recipe, device):
     """L1 between the restored slice and the healthy one, inside the brain; lesion voxels weighted up.
 
     ``training.lesion_weight`` (default 1) adds that much weight to the synthetic lesion's voxels, so
-    small anomalies are not drowned by the healthy tissue around them.
+    small anomalies are not drowned by the healthy tissue around them. With ``training.noise`` the
+    input also gets coarse noise inside the brain (as the denoising autoencoder), so copying the
+    input is never a good answer and the network must restore everywhere.
     """
-    weight = recipe["training"].get("lesion_weight", 1.0)
+    cfg = recipe["training"]
+    weight = cfg.get("lesion_weight", 1.0)
+    noise = cfg.get("noise")
 
     def loss(model, batch, generator):
-        error = (model(batch.input) - batch.target).abs()
+        x = batch.input
+        if noise:
+            x = x + batch.mask * coarse_noise(x.shape, noise["size"], noise["std"], generator, x.device)
+        error = (model(x) - batch.target).abs()
         w = batch.mask * (1.0 + weight * batch.lesion)
         return (error * w).sum() / w.sum().clamp_min(1.0)
     return loss
