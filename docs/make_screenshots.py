@@ -56,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cohort = Path(tmp) / "cohort"
         cohort.mkdir()
-        shutil.copy(sample_path(), cohort / "sub-01_T1w.nii.gz")
+        shutil.copy(sample_path("MSLUB T1"), cohort / "sub-01_T1w.nii.gz")
         (cohort / "sub-02_T1w.nii.gz").write_bytes(b"not a scan")
         batch.input_dir.value, batch.out_dir.value = cohort, Path(tmp) / "results"
         batch.pattern.setText("*_T1w.nii.gz")

@@ -1,4 +1,4 @@
-"""napari sample data: the bundled MSLUB patient26 T1 scan with its consensus lesion mask."""
+"""napari sample data: a chronic stroke T1, and MSLUB patient26 T1 with its expert lesion mask."""
 from __future__ import annotations
 
 from ._reader import layer_kwargs, read_layers, to_layer_data
@@ -6,11 +6,18 @@ from .io import read_volume
 from .sample import sample_path
 
 
+def stroke_t1():
+    """T1 image layer of a chronic left-hemisphere stroke (brain-extracted, no expert mask)."""
+    layers = read_layers(str(sample_path("stroke T1")))
+    layers[0][1]["name"] = "Chronic stroke T1"
+    return layers
+
+
 def mslub_patient26():
     """T1 image layer and the expert lesion mask as a labels layer, on the same world grid."""
-    layers = read_layers(str(sample_path("T1")))
+    layers = read_layers(str(sample_path("MSLUB T1")))
     layers[0][1]["name"] = "MSLUB patient26 T1"
-    lesions = read_volume(sample_path("lesions"))
+    lesions = read_volume(sample_path("MSLUB lesions"))
     kwargs = layer_kwargs(lesions, name="MSLUB patient26 lesions (expert consensus)")
     kwargs["opacity"] = 0.5
     return layers + [(to_layer_data(lesions.data > 0).astype("uint8"), kwargs, "labels")]

@@ -1,14 +1,17 @@
-"""The bundled sample: MSLUB patient26 (multiple sclerosis), T1 and consensus lesion mask, CC BY."""
+"""The bundled samples: a chronic stroke T1 (MIT; the demo's scan) and MSLUB patient26 (MS) T1 with its lesion mask (CC BY)."""
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
 
-SAMPLE_MODEL = "dae-t1"
-"""Model the demo runs by default."""
-_FILES = {"T1": "mslub_patient26_T1.nii.gz", "lesions": "mslub_patient26_lesions.nii.gz"}
+SAMPLE_MODEL = "restore-t1"
+"""Model the demo and the widgets pick by default."""
+_FILES = {"stroke T1": "stroke_T1.nii.gz", "MSLUB T1": "mslub_patient26_T1.nii.gz",
+          "MSLUB lesions": "mslub_patient26_lesions.nii.gz"}
+DEMO_SAMPLE = "stroke T1"
+"""The scan ``brainuad demo`` runs: a chronic stroke in the left hemisphere, T1, brain-extracted."""
 
 
-def sample_path(kind: str = "T1") -> Path:
-    """Path of the bundled sample ``"T1"`` scan or its ``"lesions"`` mask."""
+def sample_path(kind: str = DEMO_SAMPLE) -> Path:
+    """Path of a bundled sample file: ``"stroke T1"``, ``"MSLUB T1"`` or ``"MSLUB lesions"``."""
     return Path(str(files("napari_brainuad") / "data" / _FILES[kind]))
