@@ -15,7 +15,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_brainuad._sample_data import mslub_patient26
+from napari_brainuad._sample_data import stroke_t1
 from napari_brainuad.sample import SAMPLE_MODEL, sample_path
 from napari_brainuad.widgets import BatchWidget, DetectWidget
 
@@ -34,9 +34,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1600, 1000)
-    for data, kwargs, kind in mslub_patient26():
+    for data, kwargs, kind in stroke_t1():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
-    viewer.layers[1].visible = False  # expert lesions hidden; shown as contour below
     widget = DetectWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Detect anomalies", area="right")
     widget.image.value = viewer.layers[0]
@@ -44,9 +43,7 @@ def main() -> None:
     widget.run()
     wait(widget)
     QApplication.processEvents()
-    truth = viewer.layers[1]
-    truth.visible, truth.contour, truth.opacity = True, 1, 1.0
-    viewer.dims.set_point(0, 22.0)  # an axial slice through periventricular lesions (z = 22 mm)
+    viewer.dims.set_point(0, 22.0)  # an axial slice through the left posterior stroke (z = 22 mm)
     QApplication.processEvents()
     viewer.screenshot(str(OUT / "detect.png"), canvas_only=False)
     widget.grab().save(str(OUT / "threshold.png"))
@@ -56,8 +53,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cohort = Path(tmp) / "cohort"
         cohort.mkdir()
-        shutil.copy(sample_path("MSLUB T1"), cohort / "sub-01_T1w.nii.gz")
-        (cohort / "sub-02_T1w.nii.gz").write_bytes(b"not a scan")
+        shutil.copy(sample_path("stroke T1"), cohort / "sub-01_T1w.nii.gz")
+        shutil.copy(sample_path("MSLUB T1"), cohort / "sub-02_T1w.nii.gz")
+        (cohort / "sub-03_T1w.nii.gz").write_bytes(b"not a scan")
         batch.input_dir.value, batch.out_dir.value = cohort, Path(tmp) / "results"
         batch.pattern.setText("*_T1w.nii.gz")
         batch.model.setCurrentText(args.model)
