@@ -33,8 +33,9 @@ def phantom_scan(step: int = 2, lesion: bool = True) -> nib.Nifti1Image:
     return nib.Nifti1Image(data[::-1, ::-1, :].copy(), affine @ flip)
 
 
-def healthy_cache(folder: Path) -> Path:
-    """A training cache of five noisy copies of the template on the model grid (train 2, val 2, test 1)."""
+def healthy_cache(folder: Path, pseudo_per_scan: int = 0) -> Path:
+    """A training cache of five noisy copies of the template on the model grid (train 2, val 2, test 1),
+    with ``pseudo_per_scan`` pseudo-pathological copies of each train scan (blobs and shapes only)."""
     tpl = mni152()
     rows = []
     for i, split in enumerate(["train", "train", "val", "val", "test"]):
@@ -46,6 +47,11 @@ def healthy_cache(folder: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=["subject", "file", "split"])
         writer.writeheader()
         writer.writerows(rows)
+    if pseudo_per_scan:
+        from training.prepare import write_pseudo
+
+        for i, row in enumerate(r for r in rows if r["split"] == "train"):
+            write_pseudo(folder, row["subject"], pseudo_per_scan, [], [0, i])
     return folder
 
 

@@ -18,7 +18,6 @@ from napari_brainuad.pipeline import detect
 from training import export
 from training.data import SliceData
 from training.fit import CHECKPOINT, fit
-from training.prepare import write_pseudo
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -43,10 +42,7 @@ def tiny_recipe(family: str, steps: int = 3) -> dict:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """The tiny healthy cache, with two pseudo-pathological copies of each train scan (blobs and shapes only)."""
-    folder = healthy_cache(tmp_path_factory.mktemp("cache"))
-    for i, stem in enumerate(["sub0", "sub1"]):
-        write_pseudo(folder, stem, 2, [], [0, i])
-    return folder
+    return healthy_cache(tmp_path_factory.mktemp("cache"), pseudo_per_scan=2)
 
 
 @pytest.mark.parametrize("family", ["ae", "vae", "dae", "restore", "ddpm"])

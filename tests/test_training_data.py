@@ -10,16 +10,12 @@ from napari_brainuad.models.card import validate_card
 from napari_brainuad.template import mni152
 from training.augment import acquisition, appearance
 from training.data import SliceData
-from training.prepare import write_pseudo
 from training.pseudo import lesion_masks_on_grid, pseudo_pathology
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    folder = healthy_cache(tmp_path_factory.mktemp("cache"))
-    for i, stem in enumerate(["sub0", "sub1"]):
-        write_pseudo(folder, stem, 3, [], [0, i])
-    return folder
+    return healthy_cache(tmp_path_factory.mktemp("cache"), pseudo_per_scan=3)
 
 
 def test_pseudo_pathology_changes_only_the_brain_and_repeats_with_the_seed():

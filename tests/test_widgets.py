@@ -8,6 +8,7 @@ import pytest
 
 from conftest import LESION_CENTRE_MM, phantom_scan
 from napari_brainuad._reader import read_layers
+from napari_brainuad.sample import SAMPLE_MODEL
 from napari_brainuad.widgets import BatchWidget, DetectWidget
 
 
@@ -29,7 +30,7 @@ def run_detection(widget, qtbot, model="intensity-t1"):
 def test_detect_widget_adds_layers_on_the_scan_grid(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
     widget = DetectWidget(viewer)
-    assert widget.model.currentText() == "dae-t1" and not widget.t_int.isEnabled()
+    assert widget.model.currentText() == SAMPLE_MODEL and not widget.t_int.isEnabled()
     run_detection(widget, qtbot)
     scan = viewer.layers[0]
     names = [layer.name for layer in viewer.layers]

@@ -87,11 +87,12 @@ class ModelCard:
         return None if normative is None or self.folder is None else self.folder / normative
 
     def summary(self) -> str:
-        """One line for lists and tooltips: family, modality, training data, key figures."""
+        """One line for lists and tooltips: family, modality, scoring, training data, key figures."""
         metrics = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in self.data.get("metrics", {}).get("summary", {}).items())
         data = self.data.get("training", {}).get("data", "no training data")
-        return f"{self.family} ({self.spatial_dims}D, {self.modality}); trained on: {data}" + (
+        scoring = "normative scoring" if self.data.get("scoring", {}).get("normative") else "residual scoring"
+        return f"{self.family} ({self.spatial_dims}D, {self.modality}, {scoring}); trained on: {data}" + (
             f"; {metrics}" if metrics else "")
 
 
