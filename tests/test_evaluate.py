@@ -1,6 +1,7 @@
 """The benchmark: seeded synthetic datasets, metrics pooled correctly, one command writes report, CSVs and figures."""
 import csv
 import shutil
+import json
 
 import nibabel as nib
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 from conftest import phantom_scan
 from napari_brainuad.metrics import average_precision
 from napari_brainuad.models import load_model
+from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import mni152
 from training.__main__ import main as training_main
 from training.cases import LESION_CASES, Case, Dataset, cached_cases, fluid_cases, shape_cases
@@ -157,7 +159,11 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
     """``python -m training evaluate`` end to end on a fake data folder and two-site cache of phantoms."""
     data, cache = fake_layout(tmp_path)
     out = tmp_path / "bench"
-    args = ["evaluate", "--models", "intensity-t1", "--data", str(data), "--cache", str(cache), "--out", str(out),
+    baseline = tmp_path / "intensity-t1"  # the bundled baseline at a fixed threshold, whatever its card holds now
+    shutil.copytree(bundled_folder() / "intensity-t1", baseline)
+    card = json.loads((baseline / "card.json").read_text())
+    (baseline / "card.json").write_text(json.dumps({**card, "threshold": 0.3}))
+    args = ["evaluate", "--models", str(baseline), "--data", str(data), "--cache", str(cache), "--out", str(out),
             "--per-scan", "2", "--no-card-update", "--threads", "1"]
     assert training_main(args) == 0
     report = (out / "RESULTS.md").read_text()

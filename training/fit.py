@@ -107,6 +107,8 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
         loss_value = loss_fn(model, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss_value.backward()
+        if cfg.get("grad_clip"):  # bounds the step a rare extreme batch can take
+            torch.nn.utils.clip_grad_norm_(network.parameters(), cfg["grad_clip"])
         optimizer.step()
         step += 1
         loss = float(loss_value.detach())
