@@ -21,7 +21,7 @@ from scipy import ndimage
 from napari_brainuad.io import atomic_write
 from napari_brainuad.pipeline import write_csv
 
-from .data import split_files
+from .data import SITES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def measure(path: Path, model: str, out: Path) -> dict:
 
 
 def main(args) -> int:
-    source = split_files(args.data / "ixi-t1-2mm", "test")[0]
+    source = SITES["ixi"].scans(args.data, "test")[0].path
     rows = []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         for name, path in large_scans(source, Path(tmp)).items():

@@ -40,7 +40,7 @@ def _time(make, inputs, repeats: int) -> np.ndarray:
 
 def main(args) -> int:
     torch.set_num_threads(1)
-    scans = healthy_cases(args.data / "ixi-t1-2mm", args.cache)
+    scans = healthy_cases(args.data, args.cache)
     volumes = [(c.image, c.mask) for c in scans]
     slices = [(c.image[..., 45], c.mask[..., 45]) for c in scans]
     kinds = {"shape (box or ellipsoid)": lambda x, m, rng: shape_anomaly(x, m, rng, SHAPE_KINDS[rng.integers(2)]),

@@ -19,7 +19,7 @@ from napari_brainuad.io import read_volume
 from napari_brainuad.preprocess import preprocess
 from napari_brainuad.synthetic import fluid_anomaly, random_blobs, shape_anomaly
 
-from .data import SITES, load_preprocessed, split_files
+from .data import SITES, load_preprocessed
 
 LESION_CASES = {  # name: (image, lesion mask, brain mask or None)
     "MSLUB-26": ("mslub/patient26/T1.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
@@ -56,13 +56,9 @@ class Dataset:
         return all(c.lesion is None for c in self.cases)
 
 
-def healthy_cases(ixi: Path, cache: Path) -> list[Case]:
-    """The IXI ``test`` split (never used for training or thresholds), preprocessed (and cached)."""
-    cases = []
-    for path in split_files(ixi, "test"):
-        image, mask = load_preprocessed(path, cache)
-        cases.append(Case(path.name.split("_")[0], image, mask))
-    return cases
+def healthy_cases(data: Path, cache: Path) -> list[Case]:
+    """The IXI ``test`` split (never used for training or thresholds) under the data root, preprocessed (and cached)."""
+    return [Case(scan.subject, *load_preprocessed(scan.path, cache)) for scan in SITES["ixi"].scans(data, "test")]
 
 
 def cached_cases(cache: Path, split: str = "test") -> list[Case]:

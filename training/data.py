@@ -20,22 +20,27 @@ from napari_brainuad.preprocess import preprocess
 
 @dataclass(frozen=True)
 class Site:
-    """A scanner's healthy scans: where they are, how their split is listed, how to credit them."""
+    """A scanner's healthy scans: where they are, how their split is listed, how to credit them.
+
+    ``table`` lists one scan a row with a ``split`` column; ``subject``, ``image`` and ``brain_mask``
+    are format strings over a row's columns (``brain_mask`` None: the scan's own skull is stripped).
+    """
 
     folder: str
     table: str
     description: str
     licence: str
+    subject: str = "{subject}"
+    image: str = "{file}"
+    brain_mask: str | None = None
 
     def scans(self, data_root: Path, split: str | None = None) -> list["Scan"]:
         """Scans of ``split`` (all when None) as listed in the site's table."""
         root = Path(data_root) / self.folder
         with open(root / self.table, newline="") as f:
             rows = [r for r in csv.DictReader(f) if split is None or r["split"] == split]
-        if self.table == "participants.csv":  # OASIS: skull-stripped T1 plus a brain mask per id
-            return [Scan(r["id"], root / f"{r['id']}_T1_brain.nii.gz", r["split"], root / f"{r['id']}_brainmask.nii.gz")
-                    for r in rows]
-        return [Scan(r["subject"], root / r["file"], r["split"]) for r in rows]
+        return [Scan(self.subject.format(**r), root / self.image.format(**r), r["split"],
+                     root / self.brain_mask.format(**r) if self.brain_mask else None) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -56,15 +61,10 @@ SITES = {
                 "IXI dataset, CC BY-SA 3.0, brain-development.org/ixi-dataset"),
     "oasis": Site("oasis-malf", "participants.csv",
                   "OASIS-1 (Siemens 1.5T, healthy, age 18-90, skull-stripped)",
-                  "OASIS-1 scans, OASIS project; labels Neuromorphometrics, Inc.; CC BY-NC (non-commercial)"),
+                  "OASIS-1 scans, OASIS project; labels Neuromorphometrics, Inc.; CC BY-NC (non-commercial)",
+                  subject="{id}", image="{id}_T1_brain.nii.gz", brain_mask="{id}_brainmask.nii.gz"),
 }
 """The healthy training sites by cache name."""
-
-
-def split_files(data_dir: Path, split: str) -> list[Path]:
-    """Scans of one split (``train``, ``val`` or ``test``) listed in ``data_dir/splits.csv``."""
-    with open(Path(data_dir) / "splits.csv", newline="") as f:
-        return [Path(data_dir) / row["file"] for row in csv.DictReader(f) if row["split"] == split]
 
 
 def load_preprocessed(path: Path, cache_dir: Path | None = None, seed: int = 0,
