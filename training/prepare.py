@@ -48,7 +48,7 @@ def main(args) -> int:
         if args.pseudo_per_scan:
             if lesion_masks is None:
                 lesion_masks = lesion_masks_on_grid(args.lesion_masks, mni152())
-            train = [s for s in site.scans(args.data, "train")]
+            train = site.scans(args.data, "train")
             for i, scan in enumerate(tqdm(train, desc=f"pseudo-pathology {site_name}")):
                 write_pseudo(cache, scan.stem, args.pseudo_per_scan, lesion_masks,
                              [args.seed, zlib.crc32(site_name.encode()), i])
