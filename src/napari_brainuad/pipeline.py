@@ -236,7 +236,7 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, {"model": model.name, "weights": model.card.weights, "threshold": threshold,
                              "t_int": t_int, "pattern": pattern, **detect_options})
-    names = [_output_name(path, input_dir) for path in files]
+    names = [output_name(path, input_dir) for path in files]
     outputs = [p.name for n in names for p in output_paths(out_dir, n).values()]
     remove_stale_temporaries(out_dir, ["summary.csv", SETTINGS_FILE, *outputs])
     items: list[BatchItem] = []
@@ -283,7 +283,8 @@ def check_settings(out_dir: Path, settings: dict) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _output_name(path: Path, input_dir: Path) -> str:
+def output_name(path: Path, input_dir: Path) -> str:
+    """The stem a batch gives the outputs of ``path`` (sub-folders joined with ``_``)."""
     rel = path.relative_to(input_dir)
     return "_".join([*rel.parent.parts, stem(rel)])
 
