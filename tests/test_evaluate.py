@@ -57,6 +57,15 @@ def test_synthetic_datasets_are_deterministic_by_seed():
     assert [x.kind for x in fluid_cases(scans, p0, 1, 0)] == ["fluid:blobs", "fluid:real"]  # sources cycle over scans
 
 
+
+def test_fluid_draws_depend_on_the_position_in_the_dataset_only():
+    """Two sites' fluid datasets share sources and lesion contrasts copy by copy (a paired comparison)."""
+    scan = healthy()[0]
+    p0 = {"real": mni152().mask & (np.indices(mni152().shape)[0] < 40)}
+    one_each, two_of_one = fluid_cases([scan, scan], p0, 1, 0), fluid_cases([scan], p0, 2, 0)
+    for x, y in zip(one_each, two_of_one):
+        np.testing.assert_array_equal(x.image, y.image)
+
 def test_flagged_ml_uses_the_grid_voxel_volume():
     flagged = np.zeros((10, 10, 10), bool)
     flagged[:5, :5, :5] = True  # 125 voxels

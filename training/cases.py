@@ -4,7 +4,7 @@ Healthy scans come from the site caches written by ``python -m training prepare`
 ``CACHE/oasis``); OASIS rescan pairs from ``oasis-malf/participants.csv``. Every case lives on the
 2 mm model grid: ``image`` (X, Y, Z) float32 in [0, 1], ``mask`` the bool brain, ``lesion`` the
 bool ground truth inside the brain (None for healthy scans). Synthetic cases are seeded by
-``(seed, scan index, copy index)``, so the same seed gives the same datasets.
+``seed`` and their position in the dataset, so the same seed gives the same datasets.
 """
 from __future__ import annotations
 
@@ -114,24 +114,30 @@ def shape_cases(healthy: list[Case], per_scan: int, seed: int) -> list[Case]:
 def fluid_cases(healthy: list[Case], p0_masks: dict[str, np.ndarray], per_scan: int, seed: int) -> list[Case]:
     """``per_scan`` copies of each healthy scan with one fluid-driven anomaly.
 
-    The initial pathology ``P0`` cycles over random blobs and the given real lesion masks (on the
-    model grid, mirrored left-right at random, restricted to this brain), copy after copy and scan
-    after scan (so one copy per scan still uses every source); the ground truth is the
-    evolved ``P > 0.5``. Copies whose ground truth comes out empty are redrawn with the next seed.
+    Copy ``j`` of the dataset (``j = scan index * per_scan + copy index``) draws everything from
+    ``(seed, j)``: its initial pathology ``P0`` (cycling over random blobs and the given real lesion
+    masks, on the model grid, mirrored left-right at random, restricted to this brain), its lesion
+    contrast (the seed's ``delta ~ N(-mu_w / 2, (mu_w / 2)^2)``, sign flipped 20 % of the time) and
+    the fluid evolution. Two sites' datasets therefore share the sequence of sources and contrasts,
+    so their APs compare scanners, not draws. The ground truth is the evolved ``P > 0.5``; a copy
+    whose ground truth comes out empty is redrawn with the next attempt's seed.
     """
     sources = ["blobs", *p0_masks]
     cases = []
     for i, case in enumerate(healthy):
         for k in range(per_scan):
-            source = sources[(i * per_scan + k) % len(sources)]
+            j = i * per_scan + k
+            source = sources[j % len(sources)]
             for attempt in range(10):
-                rng = np.random.default_rng([seed, i, k, attempt])
+                rng = np.random.default_rng([seed, j, attempt])
+                contrast = rng.normal(-0.5, 0.5) * (-1 if rng.random() < 0.2 else 1)
                 if source == "blobs":
                     p0 = random_blobs(case.mask, rng)
                 else:
                     p0 = p0_masks[source][::-1] if rng.random() < 0.5 else p0_masks[source]
                     p0 = (p0 & case.mask).astype(np.float32)
-                image, _, lesion = fluid_anomaly(case.image, case.mask, rng, p0=p0)
+                image, _, lesion = fluid_anomaly(case.image, case.mask, rng, p0=p0, delta_mean=contrast,
+                                                 delta_std=0.0, flip_prob=0.0)
                 if lesion.any():
                     break
             cases.append(Case(f"{case.name} fluid:{source} {k}", image.astype(np.float32), case.mask,

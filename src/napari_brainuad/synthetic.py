@@ -629,11 +629,14 @@ def fluid_anomaly(
     diffusion_max: float = 0.5,
     volume_fraction_range: tuple[float, float] | None = None,
     mu_w: float | None = None,
+    delta_mean: float = -0.5,
+    delta_std: float = 0.5,
     flip_prob: float = 0.2,
     mask_threshold: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One fluid-driven synthetic lesion: :func:`random_blobs` (unless ``p0`` is given), then
-    :func:`fluid_pathology`, then :func:`encode_pathology` (other parameters at their defaults).
+    :func:`fluid_pathology`, then :func:`encode_pathology` (``delta_mean``, ``delta_std`` and
+    ``flip_prob`` are its lesion-contrast parameters; other parameters at their defaults).
 
     Parameters
     ----------
@@ -655,5 +658,6 @@ def fluid_anomaly(
     if p0 is None:
         p0 = random_blobs(mask, rng, volume_fraction_range)
     P = fluid_pathology(p0, mask, rng, t_max_range, velocity_scale, diffusion_max)
-    out = encode_pathology(image, P, mask, rng, mu_w=mu_w, flip_prob=flip_prob)
+    out = encode_pathology(image, P, mask, rng, mu_w=mu_w, delta_mean=delta_mean, delta_std=delta_std,
+                           flip_prob=flip_prob)
     return out, P, P > mask_threshold
