@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 
 from conftest import LESION_CENTRE_MM, phantom_scan
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+from qtpy.QtWidgets import QScrollArea
+
 from napari_brainuad._reader import read_layers
+from napari_brainuad.progress import Step
 from napari_brainuad.sample import SAMPLE_MODEL
 from napari_brainuad.widgets import BatchWidget, DetectWidget
+from napari_brainuad.widgets.card_view import flagged_note
 
 
 @pytest.fixture
@@ -31,16 +36,25 @@ def test_detect_widget_adds_layers_on_the_scan_grid(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
     widget = DetectWidget(viewer)
     assert widget.model.currentText() == SAMPLE_MODEL and not widget.t_int.isEnabled()
+    assert widget.findChild(QScrollArea) is not None
     run_detection(widget, qtbot)
     scan = viewer.layers[0]
     names = [layer.name for layer in viewer.layers]
-    assert names == [scan.name, f"{scan.name} reconstruction", f"{scan.name} anomaly map", f"{scan.name} mask"]
+    assert names == [scan.name] + [f"{scan.name} {kind} [intensity-t1]" for kind in ("reconstruction", "anomaly map",
+                                                                                     "mask")]
     for layer in viewer.layers[1:]:
         assert layer.data.shape == scan.data.shape
         np.testing.assert_allclose(layer.affine.affine_matrix, scan.affine.affine_matrix)
     assert widget.table.rowCount() == len(widget.result.findings) > 0
-    run_detection(widget, qtbot, "dae-t1")  # a second run (learned model) updates the layers in place
-    assert len(viewer.layers) == 4
+    assert widget.status.text().startswith("Done in") and "findings" in widget.status.text()  # not "done (100%)"
+    anomaly, mask = viewer.layers[2], viewer.layers[3]
+    assert anomaly.blending == "translucent" and anomaly.colormap.colors[0][3] == 0 and anomaly.colorbar.visible
+    assert widget.histogram.units == anomaly.metadata["units"] == "residual (normalised intensity, 0-1)"
+    assert len({tuple(mask.colormap.map(label)) for label in range(1, 6)}) == 1  # one colour for every finding
+    run_detection(widget, qtbot, "dae-t1")  # another model: its own layers, the first ones kept
+    assert len(viewer.layers) == 7 and f"{scan.name} mask [dae-t1]" in viewer.layers
+    run_detection(widget, qtbot)  # the same model again: its layers updated in place
+    assert len(viewer.layers) == 7
 
 
 def test_threshold_slider_rethresholds_fast_and_moves_to_findings(viewer_with_scan, qtbot):
@@ -60,8 +74,62 @@ def test_threshold_slider_rethresholds_fast_and_moves_to_findings(viewer_with_sc
     distances = [np.linalg.norm(np.array(f.centroid_mm) - LESION_CENTRE_MM) for f in widget.result.findings]
     row = int(np.argmin(distances))
     widget.table.selectRow(row)
-    x, y, z = widget.result.findings[row].centroid_mm
+    finding = widget.result.findings[row]
+    x, y, z = finding.centroid_mm
     np.testing.assert_allclose(viewer.dims.point, [z, -y, -x], atol=2.0)
+    other = next(f.label for f in widget.result.findings if f.label != finding.label)
+    assert tuple(mask.colormap.map(finding.label)) != tuple(mask.colormap.map(other))  # the selected one stands out
+
+
+def test_worker_error_is_one_short_notification(viewer_with_scan, qtbot, monkeypatch):
+    def failing(*args, **kwargs):
+        yield Step("scoring", 0.5)
+        raise RuntimeError(f"shapes differ: {np.arange(5000)}\nsecond line")
+
+    shown = []
+    monkeypatch.setattr("napari_brainuad.widgets.detect.iter_detect", failing)
+    monkeypatch.setattr("napari_brainuad.widgets.worker.notifications.show_error", shown.append)
+    widget = DetectWidget(viewer_with_scan)
+    run_detection(widget, qtbot)  # pytest-qt fails the test if the error is re-raised in the UI thread
+    assert len(shown) == 1 and len(shown[0]) <= 200 and "\n" not in shown[0]
+    assert widget.status.text() == "Failed: " + shown[0] and len(viewer_with_scan.layers) == 1
+
+
+def test_model_card_dialog_and_calibration_warning(make_napari_viewer):
+    widget = DetectWidget(make_napari_viewer())
+    widget.model.setCurrentText("restore-t1")
+    card = widget.cards["restore-t1"]
+    assert "timed on" in widget.card_line.text()
+    text = widget.show_card().text.toPlainText()
+    for expected in ("Calibration on healthy scans", "val splits of ixi, oasis", "Measured figures",
+                     "non-commercial", "Known limits", card.metrics["evaluation"]["machine"]):
+        assert expected in text
+    assert flagged_note(card, 0.2, card.threshold).startswith("20.0% of the brain is flagged")
+    assert flagged_note(card, 0.001, card.threshold) == "" and flagged_note(card, 0.2, 0.5 * card.threshold) == ""
+
+
+def test_save_results_writes_cli_files_on_the_input_grid(make_napari_viewer, qtbot, tmp_path):
+    img = phantom_scan()
+    img = img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt("LIA")))
+    path = tmp_path / "scan.mgz"
+    nib.save(nib.MGHImage(img.get_fdata().astype(np.float32), img.affine), path)
+    before = path.read_bytes()
+    viewer = make_napari_viewer()
+    (data, kwargs, _), = read_layers(str(path))
+    viewer.add_image(data, **kwargs)
+    widget = DetectWidget(viewer)
+    run_detection(widget, qtbot)
+    for layer in viewer.layers[1:]:
+        np.testing.assert_allclose(layer.affine.affine_matrix, viewer.layers[0].affine.affine_matrix)
+    widget.save(str(tmp_path))  # beside the input, which is never written
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    assert widget.status.text().startswith("Saved 4 files")
+    assert path.read_bytes() == before
+    mask = nib.load(tmp_path / "scan_mask.nii.gz")
+    assert mask.shape == img.shape and np.allclose(mask.affine, img.affine)  # the input's own voxel order
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), widget.result.mask)
+    with open(tmp_path / "scan_findings.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(widget.result.findings)
 
 
 def test_detect_widget_error_is_a_notification(make_napari_viewer, qtbot, monkeypatch):
@@ -90,6 +158,12 @@ def test_batch_widget_reports_bad_file_and_goes_on(make_napari_viewer, qtbot, tm
     assert [widget.table.item(r, 1).text() for r in range(2)] == ["ok", "error"]
     with open(tmp_path / "out" / "summary.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["ok", "error"]
+    assert widget.findChild(QScrollArea) is not None
+    widget.table.cellDoubleClicked.emit(0, 0)  # opens the scan and its outputs
+    viewer = widget.viewer
+    assert [layer.name for layer in viewer.layers] == ["sub-01_T1w"] + [
+        f"sub-01_T1w {kind} [intensity-t1]" for kind in ("reconstruction", "anomaly map", "mask")]
+    assert viewer.layers[-1].data.max() > 0 and viewer.layers[-1].data.shape == viewer.layers[0].data.shape
 
 
 def cancel_during(widget, qtbot, stage: str) -> float:

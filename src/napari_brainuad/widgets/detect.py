@@ -1,25 +1,32 @@
 """The "Detect anomalies" widget: pick a scan and a model, run in a thread, tune the threshold live."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 from magicgui.widgets import create_widget
 from napari.utils import notifications
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QPushButton, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
+from .._reader import to_layer_data
 from ..models import ModelError, available_models, load_model
-from ..pipeline import Result, iter_detect
+from ..pipeline import Result, iter_detect, save_result
+from ..progress import Step
 from ..sample import SAMPLE_MODEL
 from ..scoring import ScoringConfig
+from .card_view import CardDialog, card_line, flagged_note, score_units
 from .histogram import ScoreHistogram
-from .layers import layer_volume, show
+from .layers import layer_volume, mask_colormap, result_names, show_result
 from .worker import WorkerWidget
 
 SLIDER_STEPS = 1000
 
 
 class DetectWidget(WorkerWidget):
-    """Detection on an image layer; outputs as layers on the scan's grid, updated in place on re-runs."""
+    """Detection on an image layer; outputs as layers on the scan's grid, one set per model, updated in place."""
 
     def __init__(self, napari_viewer):
         super().__init__("Run")
@@ -32,6 +39,7 @@ class DetectWidget(WorkerWidget):
         self.model.addItems(list(self.cards))
         self.model.setCurrentText(SAMPLE_MODEL)
         self.card_line = QLabel(wordWrap=True)
+        self.card_button = QPushButton("Model card...")
         self.t_int = QSpinBox()
         self.skull = QComboBox()
         self.skull.addItems(["auto", "on", "off"])
@@ -43,16 +51,20 @@ class DetectWidget(WorkerWidget):
         self.slider = QSlider(Qt.Horizontal, maximum=SLIDER_STEPS, enabled=False)
         self.threshold = QDoubleSpinBox(decimals=4, singleStep=0.01, maximum=1e6, enabled=False)
         self.histogram = ScoreHistogram()
-        self.table = QTableWidget(0, 4)
+        self.table = QTableWidget(0, 4, minimumHeight=150)
         self.table.setHorizontalHeaderLabels(["volume (ml)", "peak", "mean", "centroid (mm)"])
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.save_button = QPushButton("Save results...", enabled=False)
+        self.save_button.setToolTip("Write reconstruction, anomaly map, mask (NIfTI, on the scan's grid) and "
+                                    "findings CSV, as 'brainuad detect' does")
         self._findings_timer = QTimer(self, singleShot=True, interval=150)
 
         form = QFormLayout()
         form.addRow("image", self.image.native)
         form.addRow("model", self.model)
         form.addRow("", self.card_line)
+        form.addRow("", self.card_button)
         form.addRow("T_int", self.t_int)
         form.addRow("skull stripping", self.skull)
         form.addRow("", self.register)
@@ -64,7 +76,7 @@ class DetectWidget(WorkerWidget):
         thresh = QHBoxLayout()
         thresh.addWidget(self.slider)
         thresh.addWidget(self.threshold)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
@@ -73,9 +85,13 @@ class DetectWidget(WorkerWidget):
         layout.addWidget(self.histogram)
         layout.addWidget(QLabel("findings (select a row to go there)"))
         layout.addWidget(self.table)
+        layout.addWidget(self.save_button)
+        self.set_body(layout)
 
         self.model.currentTextChanged.connect(self._model_changed)
+        self.card_button.clicked.connect(self.show_card)
         self.run_button.clicked.connect(self.run)
+        self.save_button.clicked.connect(self.save)
         self.slider.valueChanged.connect(self._slider_moved)
         self.threshold.editingFinished.connect(lambda: self.set_threshold(self.threshold.value()))
         self._findings_timer.timeout.connect(self._update_findings)
@@ -90,14 +106,20 @@ class DetectWidget(WorkerWidget):
         card = self.cards.get(name)
         if card is None:
             return
-        self.card_line.setText(card.summary())
-        self.card_line.setToolTip(card.description if "description" in card.data else card.summary())
+        self.card_line.setText(card_line(card))
+        self.card_line.setToolTip(card.data.get("description", card.summary()))
         self.t_int.setEnabled(card.is_diffusion)
         if card.is_diffusion:
             self.t_int.setRange(card.t_int["min"], card.t_int["max"])
             self.t_int.setSingleStep(card.t_int.get("steps", 1))
             self.t_int.setValue(card.t_int["default"])
         self.lpips.setChecked(bool(card.scoring.get("lpips", False)))
+
+    def show_card(self) -> CardDialog:
+        """Open the selected model's full card in a dialog."""
+        dialog = CardDialog(self.cards[self.model.currentText()], self)
+        dialog.show()
+        return dialog
 
     # ---- running ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -115,27 +137,34 @@ class DetectWidget(WorkerWidget):
         scoring = ScoringConfig.from_card({**card.scoring, "lpips": self.lpips.isChecked()})
         options = {"t_int": self.t_int.value() if card.is_diffusion else None, "skull_strip": self.skull.currentText(),
                    "register": self.register.isChecked(), "seed": self.seed.value(), "scoring": scoring}
-        self._source = layer
+        self._pending_run = (layer, card, score_units(scoring))
         self.start(iter_detect, volume, model, desc=f"Detecting anomalies in {layer.name}",
                    on_return=self._on_result, **options)
 
-    def _on_result(self, result: Result) -> None:
+    def _on_result(self, result: Result) -> str:
         self.result = result
-        name, volume = self._source.name, result.volume
-        show(self.viewer, f"{name} reconstruction", result.reconstruction, volume, colormap="gray", visible=False)
-        top = float(np.percentile(result.anomaly_map[result.brain_mask], 99.9)) if result.brain_mask.any() else 1.0
-        show(self.viewer, f"{name} anomaly map", result.anomaly_map, volume, colormap="inferno", opacity=0.6,
-             blending="additive", contrast_limits=[0.0, max(top, result.threshold, 1e-6)])
-        show(self.viewer, f"{name} mask", result.mask, volume, kind="labels", opacity=0.7)
-        self.histogram.set_scores(result.anomaly_map[result.brain_mask])
+        self._source, self._card, units = self._pending_run
+        self._names = result_names(self._source.name, result.model)
+        show_result(self.viewer, self._source.name, result.model, result.volume, result.reconstruction,
+                    result.anomaly_map, result.mask, result.threshold, units, result.brain_mask)
+        self.histogram.set_scores(result.anomaly_map[result.brain_mask], units)
         self._score_max = max(float(result.anomaly_map.max()), result.threshold, 1e-6)
-        self._score_view = np.ascontiguousarray(result.anomaly_map.transpose(2, 1, 0))  # napari axis order
-        for w in (self.slider, self.threshold):
+        self._score_view = np.ascontiguousarray(to_layer_data(result.anomaly_map, result.volume.affine))
+        self._brain_voxels = max(int(result.brain_mask.sum()), 1)
+        for w in (self.slider, self.threshold, self.save_button):
             w.setEnabled(True)
         self.set_threshold(result.threshold)
-        self.status.setText(f"Done in {result.seconds['total']:.1f} s: {len(result.findings)} findings, "
-                            f"{sum(f.volume_ml for f in result.findings):.2f} ml.")
         self._fill_table()
+        return self.summary()
+
+    def summary(self) -> str:
+        """The last run's outcome at the current threshold, with a warning when far beyond healthy scans."""
+        result = self.result
+        flagged = float(np.count_nonzero(result.mask[result.brain_mask])) / self._brain_voxels
+        text = (f"Done in {result.seconds['total']:.1f} s ({result.model}): {len(result.findings)} findings, "
+                f"{sum(f.volume_ml for f in result.findings):.2f} ml at threshold {result.threshold:.4g}.")
+        note = flagged_note(self._card, flagged, result.threshold)
+        return text + (f"\nWarning: {note}" if note else "")
 
     # ---- threshold -------------------------------------------------------------------------
     def _slider_moved(self, value: int) -> None:
@@ -162,15 +191,19 @@ class DetectWidget(WorkerWidget):
 
     def _mask_layer(self):
         """The mask layer of the last run, unless the user removed it."""
-        name = f"{self._source.name} mask"
+        name = self._names["mask"]
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _update_findings(self) -> None:
+        self._findings_timer.stop()
         self.result = self.result.with_threshold(self._pending)
         layer = self._mask_layer()
         if layer is not None:
-            layer.data = self.result.mask.transpose(2, 1, 0)
+            layer.data = to_layer_data(self.result.mask, self.result.volume.affine)
+            layer.colormap = mask_colormap()
         self._fill_table()
+        if self.worker is None:
+            self.status.setText(self.summary())
 
     def _fill_table(self) -> None:
         found = self.result.findings
@@ -185,7 +218,32 @@ class DetectWidget(WorkerWidget):
         rows = self.table.selectionModel().selectedRows()
         if not rows or self.result is None:
             return
-        x, y, z = self.result.findings[rows[0].row()].centroid_mm
+        finding = self.result.findings[rows[0].row()]
+        x, y, z = finding.centroid_mm
         world = np.array([z, -y, -x])  # napari world axes are (S, -A, -R)
         self.viewer.dims.set_point(range(3), world)
         self.viewer.scene.camera.center = world
+        layer = self._mask_layer()
+        if layer is not None:
+            layer.colormap = mask_colormap(finding.label)
+
+    # ---- saving ----------------------------------------------------------------------------
+    def save(self, folder: str | None = None) -> None:
+        """Write the four files ``brainuad detect`` writes, at the current threshold, into a chosen folder."""
+        if self.result is None or self.worker is not None:
+            notifications.show_warning("Wait for a detection to finish before saving.")
+            return
+        folder = folder or QFileDialog.getExistingDirectory(self, "Save results into folder")
+        if not folder:
+            return
+        if self._findings_timer.isActive():
+            self._update_findings()
+        result = self.result
+        name = result.volume.name if result.volume.path else re.sub(r"[^\w.-]+", "_", self._source.name)
+        self.start(_save, result, Path(folder), name, desc="Saving results",
+                   on_return=lambda paths: f"Saved {len(paths)} files to {folder} ({name}_*).")
+
+
+def _save(result: Result, folder: Path, name: str):
+    yield Step("saving", 0.0)
+    return save_result(result, folder, name)

@@ -16,11 +16,14 @@ class ScoreHistogram(QWidget):
         self.counts = np.zeros(bins)
         self.edges = np.linspace(0, 1, bins + 1)
         self.threshold: float | None = None
+        self.units = ""
         self.setMinimumHeight(90)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         self.setToolTip("Anomaly scores inside the brain (log counts); red: threshold")
 
-    def set_scores(self, scores: np.ndarray) -> None:
+    def set_scores(self, scores: np.ndarray, units: str = "") -> None:
+        """Show ``scores`` (their ``units`` written under the axis)."""
+        self.units = units
         hi = float(scores.max()) if scores.size else 1.0
         self.counts, self.edges = np.histogram(scores, bins=self.bins, range=(0.0, hi if hi > 0 else 1.0))
         self.update()
@@ -46,6 +49,7 @@ class ScoreHistogram(QWidget):
         painter.setPen(QColor(200, 200, 200))
         painter.drawText(QPointF(rect.left(), self.height() - 2), f"{self.edges[0]:.2f}")
         painter.drawText(QPointF(rect.right() - 30, self.height() - 2), f"{self.edges[-1]:.2f}")
+        painter.drawText(QRectF(rect.left() + 40, rect.bottom(), rect.width() - 80, 14), Qt.AlignCenter, self.units)
         if self.threshold is not None and span > 0:
             x = rect.left() + (self.threshold - self.edges[0]) / span * rect.width()
             painter.setPen(QPen(QColor(230, 50, 50), 2))
