@@ -9,6 +9,7 @@ from conftest import LESION_CENTRE_MM, near_lesion, phantom_scan
 from napari_brainuad.cli import main
 from napari_brainuad.io import InputError, read_volume
 from napari_brainuad.models import load_model
+from napari_brainuad.outdir import LOCK_FILE
 from napari_brainuad.pipeline import batch, detect, output_paths
 from napari_brainuad.sample import sample_path
 
@@ -83,7 +84,7 @@ def test_batch_goes_on_after_a_bad_file_and_resumes(tmp_path):
     again = batch(src, out, model, register=False)
     assert [it.status for it in again] == ["skipped", "error", "skipped"]
     assert again[0].n_findings == items[0].n_findings
-    assert not list(out.glob(".*"))
+    assert [p.name for p in out.glob(".*")] == [LOCK_FILE]  # the temporary is gone; the (released) lock file stays
     with pytest.raises(InputError, match="other settings .*model"):  # resuming must not mix models
         batch(src, out, load_model("dae-t1", "cpu"), register=False)
     with pytest.raises(InputError, match="other settings .*threshold"):

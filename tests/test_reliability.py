@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from conftest import healthy_cache, phantom_scan
+from napari_brainuad.outdir import LOCK_FILE
 from test_training import tiny_recipe
 from training.fit import CHECKPOINT
 
@@ -47,7 +48,7 @@ def assert_outputs_complete(out: Path) -> None:
     """Every visible output file is whole: NIfTI data decompress (gzip CRC) and CSVs parse."""
     for path in out.iterdir():
         if path.name.startswith("."):
-            continue  # an atomic write's temporary; the next run removes it
+            continue  # an atomic write's temporary (the next run removes it) or the lock file
         if path.name.endswith(".nii.gz"):
             assert np.isfinite(nib.load(path).get_fdata()).all()
         elif path.suffix == ".csv":
@@ -81,7 +82,7 @@ def test_batch_killed_at_random_moments_loses_nothing(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
     assert done.returncode == 1, done.stderr[-2000:]  # the broken file
     assert_outputs_complete(out)
-    expected = {f"sub-{i}_{kind}" for i in range(scans) for kind in KINDS} | {"summary.csv", "batch.json"}
+    expected = {f"sub-{i}_{kind}" for i in range(scans) for kind in KINDS} | {"summary.csv", "batch.json", LOCK_FILE}
     assert {p.name for p in out.iterdir()} == expected  # no temporaries left, nothing for the broken file
     with open(out / "summary.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .io import InputError, read_volume
+from .io import InputError, OutputError, read_volume, stem
 from .models import ModelError, available_models, load_model
 from .progress import run
 from .sample import SAMPLE_MODEL, sample_path
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, ModelError) as exc:
+    except (InputError, ModelError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -67,7 +67,7 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-register", action="store_true", help="the scan is already in MNI space")
     p.add_argument("--min-volume", type=float, default=0.0, help="drop findings smaller than this (ml)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
 
 
 def _options(args) -> dict:
@@ -87,17 +87,30 @@ def _progress_bar(label: str):
 
 
 def _detect(args) -> int:
-    from .pipeline import iter_detect, save_result
+    from .outdir import output_lock, prepare_out_dir
+    from .pipeline import check_options, check_spares_inputs, iter_detect, output_paths, save_result
 
-    volume = read_volume(args.input)
-    brain_mask = read_volume(args.brain_mask).data > 0 if args.brain_mask else None
+    # Everything that can be checked without computing is checked first: options, the model,
+    # the output folder and that no output lands on an input.
     model = load_model(args.model, args.device)
-    bar, update = _progress_bar(args.input.name)
-    with bar:
-        result = run(iter_detect(volume, model, brain_mask=brain_mask, **_options(args)), update)
-    paths = save_result(result, args.out)
+    check_options(model.card, args.t_int, args.threshold, args.min_volume)
+    check_spares_inputs(output_paths(args.out, stem(args.input)), [args.input, args.brain_mask])
+    with output_lock(prepare_out_dir(args.out)):
+        volume = read_volume(args.input)
+        brain_mask = _read_brain_mask(args.brain_mask, volume) if args.brain_mask else None
+        bar, update = _progress_bar(args.input.name)
+        with bar:
+            result = run(iter_detect(volume, model, brain_mask=brain_mask, **_options(args)), update)
+        paths = save_result(result, args.out)
     _report(result, paths)
     return 0
+
+
+def _read_brain_mask(path: Path, volume):
+    mask = read_volume(path)
+    if mask.shape != volume.shape:
+        raise InputError(f"{path}: brain mask shape {mask.shape} differs from the scan {volume.path}'s {volume.shape}.")
+    return mask.data > 0
 
 
 def _report(result, paths) -> None:
@@ -109,6 +122,8 @@ def _report(result, paths) -> None:
         print(f"  #{f.label}: {f.volume_ml:.2f} ml, peak {f.peak_score:.3g}, centroid ({x:.0f}, {y:.0f}, {z:.0f}) mm")
     for p in paths.values():
         print(f"  wrote {p}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _batch(args) -> int:
@@ -121,6 +136,8 @@ def _batch(args) -> int:
         items = run(iter_batch(args.input_dir, args.out, model, pattern=args.pattern, **options), update)
     for it in items:
         print(f"{it.status:8s} {it.file.name}" + (f": {it.message}" if it.status == "error" else ""))
+        for warning in it.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     bad = sum(it.status == "error" for it in items)
     print(f"{len(items) - bad} of {len(items)} files done; summary in {args.out / 'summary.csv'}")
     return 1 if bad else 0
@@ -140,10 +157,12 @@ def _models(args) -> int:
 
 
 def _demo(args) -> int:
+    from .outdir import prepare_out_dir
     from .pipeline import iter_detect, save_result
 
-    volume = read_volume(sample_path())
     model = load_model(args.model, args.device)
+    prepare_out_dir(args.out)
+    volume = read_volume(sample_path())
     bar, update = _progress_bar("demo: chronic stroke T1")
     with bar:
         result = run(iter_detect(volume, model), update)

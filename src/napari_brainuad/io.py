@@ -5,6 +5,7 @@ source header. Every reader check ends in one :class:`InputError` sentence that 
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import glob
 import os
@@ -25,6 +26,10 @@ MIN_SIDE = 8
 
 class InputError(ValueError):
     """A bad input file; ``str(error)`` is one sentence naming the file and the problem."""
+
+
+class OutputError(ValueError):
+    """Outputs that cannot be written; ``str(error)`` is one sentence naming the folder or file and the problem."""
 
 
 @dataclass
@@ -84,8 +89,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     one whose affine is singular or sheared.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file.")
+    _check_exists(path)
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image file.")
     if not is_image_path(path):
@@ -96,6 +100,11 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise InputError(f"{path}: cannot be read as an image ({_reason(exc)}).") from None
     shape = tuple(int(s) for s in img.shape)
     _check_shape(path, shape)
+    dtype = img.get_data_dtype()
+    if dtype.names is not None:
+        raise InputError(f"{path}: is an RGB (colour) image; a greyscale 3D scan is needed.")
+    if dtype.kind == "c":
+        raise InputError(f"{path}: holds complex values; give the magnitude image.")
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:
@@ -104,6 +113,27 @@ def read_volume(path: str | os.PathLike) -> Volume:
     affine = np.asarray(img.affine, dtype=np.float64)
     check_volume(data, affine, path)
     return Volume(data=data, affine=affine, header=img.header, path=path)
+
+
+def _check_exists(path: Path) -> None:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path}: is a symbolic link loop.") from None
+        if os.path.islink(path):
+            raise InputError(f"{path}: is a broken symbolic link (its target does not exist).") from None
+        if exc.errno == errno.ENOENT:
+            raise InputError(f"{path}: no such file.") from None
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+
+
+def has_orientation(volume: Volume) -> bool:
+    """False for a NIfTI whose qform and sform codes are both 0 (its left-right is a guess)."""
+    header = volume.header
+    if not isinstance(header, nib.Nifti1Header):
+        return True
+    return bool(int(header["qform_code"]) or int(header["sform_code"]))
 
 
 def _reason(exc: Exception) -> str:
@@ -163,9 +193,10 @@ def write_volume(path: str | os.PathLike, data: np.ndarray, like: Volume, dtype=
         raise InputError(f"{path}: refusing to overwrite the input file.")
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), like.affine)
     img.header.set_xyzt_units("mm", "sec")
-    code = int(like.header["qform_code"]) if isinstance(like.header, nib.Nifti1Header) else 1
-    img.set_qform(like.affine, code=max(code, 1))
-    img.set_sform(like.affine, code=max(code, 1))
+    # Keep the input's orientation codes (0 too: an image without orientation stays without one).
+    nifti = isinstance(like.header, nib.Nifti1Header)
+    img.set_qform(like.affine, code=int(like.header["qform_code"]) if nifti else 1)
+    img.set_sform(like.affine, code=int(like.header["sform_code"]) if nifti else 1)
     atomic_write(path, lambda tmp: nib.save(img, tmp))
     return path
 

@@ -6,19 +6,24 @@ volume -> preprocess -> model.reconstruct -> scoring -> back to the native grid 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as _io
 import json
+import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .io import (InputError, Volume, atomic_write, is_image_path, read_volume, remove_stale_temporaries, stem,
-                 write_volume)
+from .io import (InputError, OutputError, Volume, atomic_write, is_image_path, read_volume, remove_stale_temporaries,
+                 stem, write_volume)
 from .models import AnomalyModel, ModelError, load_model
+from .outdir import output_lock, prepare_out_dir, reason
 from .preprocess import SkullStrip, iter_preprocess
 from .progress import Step, Steps, run, scaled
+from .quality import scan_warnings
 from .scoring import Finding, ScoringConfig, findings
 from .template import Template
 
@@ -27,7 +32,7 @@ FINDING_COLUMNS = ["label", "volume_ml", "peak_score", "mean_score", "centroid_x
                    "centroid_z_mm", "n_voxels"]
 SETTINGS_FILE = "batch.json"
 SUMMARY_COLUMNS = ["file", "status", "message", "model", "t_int", "threshold", "n_findings", "lesion_volume_ml",
-                   "max_score", "seconds"]
+                   "max_score", "seconds", "warnings"]
 
 
 @dataclass(eq=False)
@@ -38,6 +43,8 @@ class Result:
         model's normalised [0, 1] units; zero outside the brain).
     mask : (X, Y, Z) int32 labels of the findings (0 = background, 1 = largest finding).
     template_arrays : the same quantities on the model grid, for evaluation.
+    warnings : sentences about a scan the model may not suit (not a brain, another contrast,
+        partial coverage, no orientation); empty when none.
     """
 
     volume: Volume
@@ -51,6 +58,7 @@ class Result:
     brain_mask: np.ndarray
     template_arrays: dict = field(repr=False, default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def with_threshold(self, threshold: float, min_volume_ml: float = 0.0) -> "Result":
         """The same result re-thresholded (no model run): new mask and findings."""
@@ -103,8 +111,7 @@ def iter_detect(
     seed : seeds every stochastic step; the same seed gives the same map.
     """
     card = model.card
-    t_int = _check_t_int(card, t_int)
-    threshold = float(card.threshold if threshold is None else threshold)
+    t_int, threshold = check_options(card, t_int, threshold, min_volume_ml)
     scoring = scoring or ScoringConfig.from_card(card.scoring)
     template = template or _card_template(card)
     clock = {"start": time.perf_counter()}
@@ -126,7 +133,22 @@ def iter_detect(
     yield Step("done", 1.0)
     return Result(volume, model.name, t_int, threshold, native_recon, native_score, labels, found, pre.native_mask,
                   {"image": pre.image, "mask": pre.mask, "reconstruction": recon, "anomaly_map": score,
-                   "preprocessed": pre}, seconds)
+                   "preprocessed": pre}, seconds, scan_warnings(pre, card.modality))
+
+
+def check_options(card, t_int: int | None = None, threshold: float | None = None,
+                  min_volume_ml: float = 0.0) -> tuple[int | None, float]:
+    """The ``t_int`` and threshold a detection with ``card`` will use; :class:`ModelError` for bad options.
+
+    Cheap: callers check before reading a scan or computing anything.
+    """
+    threshold = float(card.threshold if threshold is None else threshold)
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise ModelError(f"threshold {threshold:g}: must be a positive finite number (model {card.name}'s default "
+                         f"is {card.threshold:.4g}).")
+    if not math.isfinite(min_volume_ml) or min_volume_ml < 0:
+        raise ModelError(f"minimum volume {min_volume_ml:g} ml: must be a finite number of ml, 0 or more.")
+    return _check_t_int(card, t_int), threshold
 
 
 def _check_t_int(card, t_int):
@@ -160,13 +182,28 @@ def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
 
 
 def save_result(result: Result, out_dir: Path, name: str | None = None) -> dict[str, Path]:
-    """Write the four outputs on the input's grid (same shape and affine); the CSV last."""
+    """Write the four outputs on the input's grid (same shape and affine); the CSV last.
+
+    Raises :class:`OutputError` (one sentence) when they cannot be written (permissions, full disk).
+    """
     paths = output_paths(out_dir, name or result.volume.name)
-    write_volume(paths["reconstruction"], result.reconstruction, result.volume)
-    write_volume(paths["anomaly"], result.anomaly_map, result.volume)
-    write_volume(paths["mask"], result.mask, result.volume, dtype=np.int32)
-    write_csv(paths["findings"], FINDING_COLUMNS, [_finding_row(f) for f in result.findings])
+    try:
+        write_volume(paths["reconstruction"], result.reconstruction, result.volume)
+        write_volume(paths["anomaly"], result.anomaly_map, result.volume)
+        write_volume(paths["mask"], result.mask, result.volume, dtype=np.int32)
+        write_csv(paths["findings"], FINDING_COLUMNS, [_finding_row(f) for f in result.findings])
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write the outputs of {result.volume.name} ({reason(exc)}).") from None
     return paths
+
+
+def check_spares_inputs(paths: dict[str, Path], inputs: list[Path | None]) -> None:
+    """Refuse outputs that would land on an input file (a brain mask named like an output, e.g. FSL's ``X_mask``)."""
+    for source in (Path(i) for i in inputs if i is not None):
+        for kind, out in paths.items():
+            if out.resolve() == source.resolve() or (out.exists() and os.path.samefile(out, source)):
+                raise InputError(f"{source}: is an input and would be overwritten by the {kind} output; "
+                                 "choose another output folder.")
 
 
 def _finding_row(f: Finding) -> dict:
@@ -198,6 +235,7 @@ class BatchItem:
     lesion_volume_ml: float | None = None
     max_score: float | None = None
     seconds: float | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def find_inputs(input_dir: Path, pattern: str = "*.nii*") -> list[Path]:
@@ -221,24 +259,35 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
                threshold: float | None = None, t_int: int | None = None, **detect_options) -> Steps[list[BatchItem]]:
     """Detect in every matching file, write its outputs and ``summary.csv``; yield progress.
 
-    A bad file becomes an ``error`` row and the batch goes on. Files whose four outputs exist
-    are ``skipped`` (resume; each output is written atomically and the findings CSV last, so
-    existing outputs are complete). ``summary.csv`` is rewritten atomically after every file.
-    The settings are kept in ``batch.json``; a rerun into the same folder must use the same ones.
+    A bad file becomes an ``error`` row and the batch goes on, and so does a file whose outputs
+    cannot be written (full disk); when ``summary.csv`` itself cannot be written the batch stops
+    with :class:`OutputError`. Files whose four outputs exist are ``skipped`` (resume; each output
+    is written atomically and the findings CSV last, so existing outputs are complete).
+    ``summary.csv`` is rewritten atomically after every file. The settings, with the model's
+    threshold and a hash of its weights, are kept in ``batch.json``; a rerun into the same folder
+    must use the same ones. Options, output names (two inputs must not share one) and the output
+    folder (writable, and locked against a second run) are checked before any scan is read.
     """
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: not a folder.")
     check_out_dir(input_dir, out_dir)
+    check_options(model.card, t_int, threshold, detect_options.get("min_volume_ml", 0.0))
     files = find_inputs(input_dir, pattern)
     if not files:
         raise InputError(f"{input_dir}: no files match '{pattern}'.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_settings(out_dir, {"model": model.name, "weights": model.card.weights, "threshold": threshold,
-                             "t_int": t_int, "pattern": pattern, **detect_options})
     names = [output_name(path, input_dir) for path in files]
+    check_collisions(files, names)
+    prepare_out_dir(out_dir)
+    with output_lock(out_dir):
+        return (yield from _run_batch(files, names, out_dir, model, pattern, threshold, t_int, detect_options))
+
+
+def _run_batch(files, names, out_dir, model, pattern, threshold, t_int, detect_options) -> Steps[list[BatchItem]]:
+    check_settings(out_dir, {"model": model.name, **model_fingerprint(model), "threshold": threshold,
+                             "t_int": t_int, "pattern": pattern, **detect_options})
     outputs = [p.name for n in names for p in output_paths(out_dir, n).values()]
-    remove_stale_temporaries(out_dir, ["summary.csv", SETTINGS_FILE, *outputs])
+    remove_stale_temporaries(out_dir, ["summary.csv", SETTINGS_FILE, *outputs])  # the lock says no run owns them
     items: list[BatchItem] = []
     for i, (path, name) in enumerate(zip(files, names)):
         paths = output_paths(out_dir, name)
@@ -254,12 +303,50 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
                 items.append(BatchItem(path, "ok", "", len(result.findings),
                                        sum(f.volume_ml for f in result.findings),
                                        max((f.peak_score for f in result.findings), default=None),
-                                       time.perf_counter() - start))
-            except (InputError, ModelError) as exc:
+                                       time.perf_counter() - start, tuple(result.warnings)))
+            except (InputError, ModelError, OutputError) as exc:
                 items.append(BatchItem(path, "error", str(exc)))
-        write_summary(out_dir / "summary.csv", items, model, t_int, threshold)
+        try:
+            write_summary(out_dir / "summary.csv", items, model, t_int, threshold)
+        except OSError as exc:
+            raise OutputError(f"{out_dir}: cannot write summary.csv ({reason(exc)}); the batch stopped after "
+                              f"{i + 1} of {len(files)} files.") from None
         yield Step(f"{path.name}: {items[-1].status}", (i + 1) / len(files))
     return items
+
+
+def check_collisions(files: list[Path], names: list[str]) -> None:
+    """Refuse two inputs whose outputs would share a name (``a.nii`` and ``a.nii.gz``; ``s1/t1`` and ``s1_t1``).
+
+    Compared without case, as on case-insensitive file systems.
+    """
+    seen: dict[str, Path] = {}
+    for path, name in zip(files, names):
+        for out in output_paths(Path(), name).values():
+            other = seen.setdefault(out.name.casefold(), path)
+            if other != path:
+                raise InputError(f"{path}: its outputs would be named like those of {other} ({out.name}); "
+                                 "rename one or narrow the pattern.")
+
+
+def model_fingerprint(model: AnomalyModel) -> dict:
+    """The model's calibrated threshold and SHA-256 of its weights and normative files: a model folder
+    with the same name but other contents must not resume another's batch."""
+    card = model.card
+    files = {"weights_sha256": card.weights_path, "normative_sha256": card.normative_path}
+    return {"card_threshold": card.threshold,
+            **{key: None if path is None else _sha256(path) for key, path in files.items()}}
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
 
 
 def check_settings(out_dir: Path, settings: dict) -> None:
@@ -303,7 +390,8 @@ def write_summary(path: Path, items: list[BatchItem], model: AnomalyModel, t_int
              "n_findings": "" if it.n_findings is None else it.n_findings,
              "lesion_volume_ml": "" if it.lesion_volume_ml is None else f"{it.lesion_volume_ml:.4f}",
              "max_score": "" if it.max_score is None else f"{it.max_score:.5g}",
-             "seconds": "" if it.seconds is None else f"{it.seconds:.2f}"} for it in items]
+             "seconds": "" if it.seconds is None else f"{it.seconds:.2f}", "warnings": " | ".join(it.warnings)}
+            for it in items]
     write_csv(path, SUMMARY_COLUMNS, rows)
 
 

@@ -53,8 +53,13 @@ def in_thread(job: Callable[[threading.Event], T], stage: str, fraction: float, 
     a job that checks it uses to end early; its result is then discarded. The thread is not a
     daemon, so the interpreter waits for it rather than killing it inside native code. The job's
     exception, if any, is raised here.
+
+    The caller waits on an event, never in ``Thread.join``: a Ctrl-C that interrupts ``join``
+    (CPython before 3.13) marks the still-running thread as finished, so the interpreter exits
+    without waiting for it and aborts when the thread returns from native code
+    ("terminate called without an active exception", exit 134).
     """
-    stop = threading.Event()
+    stop, done = threading.Event(), threading.Event()
     outcome: dict = {}
 
     def target() -> None:
@@ -62,14 +67,15 @@ def in_thread(job: Callable[[threading.Event], T], stage: str, fraction: float, 
             outcome["value"] = job(stop)
         except BaseException as exc:  # handed over to the caller's thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
     thread = threading.Thread(target=target, name=stage)
     thread.start()
     try:
         while True:
             yield Step(stage, fraction)
-            thread.join(poll_s)
-            if not thread.is_alive():
+            if done.wait(poll_s):
                 break
     finally:
         stop.set()

@@ -234,13 +234,13 @@ def load_normative(path: Path, shape: tuple[int, int, int] | None = None) -> Nor
     """Read statistics written by :func:`save_normative`, checking them (and their grid against
     ``shape`` when given); a missing, unreadable or invalid file raises
     :class:`napari_brainuad.models.ModelError` naming it."""
-    from .models.card import ModelError  # the models package imports this module
+    from .models.card import MAX_WEIGHTS_BYTES, ModelError, check_regular_file  # models imports this module
 
+    if not Path(path).exists():
+        raise ModelError(f"{path}: normative statistics file is missing (run 'python -m training calibrate').")
+    check_regular_file(path, MAX_WEIGHTS_BYTES, "normative statistics file")
     try:
         arrays = load_file(str(path))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: normative statistics file is missing "
-                         "(run 'python -m training calibrate').") from None
     except (OSError, SafetensorError) as exc:
         raise ModelError(f"{path}: not a valid safetensors normative statistics file ({exc}).") from None
     n_scans = arrays.get("n_scans")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,51 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 NORMATIVE_FILE = "normative.safetensors"
 """Healthy residual statistics for normative scoring (written by ``python -m training calibrate``)."""
+MAX_CARD_BYTES = 1 << 20
+"""Largest ``card.json`` read (cards are a few kB)."""
+MAX_WEIGHTS_BYTES = 2 << 30
+"""Largest weights or statistics file read (the bundled ones are under 10 MB)."""
+MAX_JSON_DEPTH = 32
+
+
+def _int(low: int, high: int) -> dict:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+def _ints(low: int, high: int, min_items: int = 1, max_items: int = 8) -> dict:
+    return {"type": "array", "items": _int(low, high), "minItems": min_items, "maxItems": max_items}
+
+
+ARCHITECTURE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "polarity": {"enum": ["bright", "dark"]},
+        "slice_shape": _ints(8, 1024, 2, 2),
+        "context": _int(0, 8),
+        "channels": _ints(1, 512),
+        "strides": _ints(1, 4),
+        "num_res_units": _int(0, 8),
+        "latent_size": _int(1, 4096),
+        "attention_levels": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 8},
+        "num_res_blocks": {"anyOf": [_int(1, 8), _ints(1, 8)]},
+        "num_head_channels": {"anyOf": [_int(1, 512), _ints(1, 512)]},
+        "norm_groups": _int(1, 512),
+        "inference_batch": _int(1, 1024),
+        "scheduler": {
+            "type": "object",
+            "required": ["num_train_timesteps", "schedule"],
+            "additionalProperties": False,
+            "properties": {
+                "num_train_timesteps": _int(2, 10000),
+                "schedule": {"enum": ["linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine"]},
+                "schedule_args": {"type": "object", "additionalProperties": False, "properties": {
+                    k: {"type": "number", "exclusiveMinimum": 0, "maximum": 1} for k in ("beta_start", "beta_end", "s")}},
+            },
+        },
+    },
+}
+"""Every number a network is built from, bounded: a stranger's card cannot ask for gigabytes."""
 
 SCHEMA = {
     "type": "object",
@@ -24,10 +71,10 @@ SCHEMA = {
         "modality": {"enum": ["T1", "T2", "FLAIR", "any"]},
         "spatial_dims": {"enum": [2, 3]},
         "template": {"type": "string"},
-        "grid_shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3},
-        "spacing_mm": {"type": "number", "exclusiveMinimum": 0},
+        "grid_shape": _ints(1, 1024, 3, 3),
+        "spacing_mm": {"type": "number", "exclusiveMinimum": 0, "maximum": 20},
         "normalisation": {"type": "string"},
-        "architecture": {"type": "object"},
+        "architecture": ARCHITECTURE,
         "weights": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9_.-]+\.safetensors$"},
         "normative": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9_.-]+\.safetensors$"},
         "scoring": {
@@ -46,11 +93,14 @@ SCHEMA = {
         "t_int": {
             "type": ["object", "null"],
             "required": ["default", "min", "max"],
-            "properties": {k: {"type": "integer", "minimum": 0} for k in ("default", "min", "max", "steps")},
+            "properties": {**{k: _int(0, 10000) for k in ("default", "min", "max")}, "steps": _int(1, 10000)},
         },
         "training": {"type": "object"},
         "metrics": {"type": "object"},
     },
+    "if": {"properties": {"family": {"const": "ddpm"}}},
+    "then": {"required": ["t_int"], "properties": {"t_int": {"type": "object"},
+                                                   "architecture": {"required": ["scheduler"]}}},
 }
 
 
@@ -103,22 +153,86 @@ def validate_card(data: object, source: object = "card") -> ModelCard:
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "card"
         raise ModelError(f"{source}: invalid model card at '{where}': {exc.message}.") from None
-    if data.get("t_int") is not None and not data["t_int"]["min"] <= data["t_int"]["default"] <= data["t_int"]["max"]:
+    t_int = data.get("t_int")
+    if t_int is not None and not t_int["min"] <= t_int["default"] <= t_int["max"]:
         raise ModelError(f"{source}: invalid model card: t_int default lies outside [min, max].")
+    timesteps = data["architecture"].get("scheduler", {}).get("num_train_timesteps")
+    if t_int is not None and timesteps is not None and max(t_int["max"], t_int.get("steps", 1)) >= timesteps:
+        raise ModelError(f"{source}: invalid model card: t_int max and steps must be below the scheduler's "
+                         f"{timesteps} training timesteps.")
     return ModelCard(data)
 
 
 def read_card(folder: Path) -> ModelCard:
-    """Read and validate ``folder/card.json``."""
+    """Read and validate ``folder/card.json`` (a regular file of at most :data:`MAX_CARD_BYTES`)."""
     path = Path(folder) / CARD_FILE
+    if not path.exists():
+        raise ModelError(f"{path}: no model card here (a model folder holds {CARD_FILE} and its weights).")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no model card here (a model folder holds {CARD_FILE} and its weights).") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: model card is not readable JSON ({exc}).") from None
+        text = read_regular_file(path, MAX_CARD_BYTES)
+    except OSError as exc:
+        raise ModelError(f"{path}: model card cannot be read ({_reason(exc)}).") from None
+    try:
+        data = json.loads(text.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{path}: model card is not readable JSON ({_reason(exc)}).") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ModelError(f"{path}: model card is nested deeper than {MAX_JSON_DEPTH} levels.")
     card = validate_card(data, path)
     return ModelCard(card.data, Path(folder))
+
+
+def check_regular_file(path: Path, max_bytes: int, what: str) -> None:
+    """Raise :class:`ModelError` unless ``path`` is a regular file (not a FIFO or device) of at most ``max_bytes``."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: {what} is missing.") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: {what} cannot be read ({_reason(exc)}).") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelError(f"{path}: {what} is not a regular file.")
+    if info.st_size > max_bytes:
+        raise ModelError(f"{path}: {what} is larger than {max_bytes // 2**20} MiB.")
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; raises :class:`ModelError` otherwise.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO or a link to a device
+    (``/dev/zero``) is refused instead of hanging or filling memory.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelError(f"{path}: model card is not a regular file.")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ModelError(f"{path}: model card is larger than {max_bytes // 1024} KiB.")
+    return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160].rstrip(".")
 
 
 def write_card(folder: Path, data: dict) -> Path:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..progress import Step, Steps, scaled
 from .base import AnomalyModel
-from .card import ModelCard, ModelError
+from .card import MAX_WEIGHTS_BYTES, ModelCard, ModelError, check_regular_file
 from .networks import build_network
 
 
@@ -27,10 +27,9 @@ def load_network(card: ModelCard) -> nn.Module:
     path = card.weights_path
     if path is None:
         raise ModelError(f"{card.folder}: model card names no weights file.")
+    check_regular_file(path, MAX_WEIGHTS_BYTES, "weights file")
     try:
         state = load_file(str(path))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: weights file is missing.") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a valid safetensors weights file ({exc}).") from None
     # Weights may be stored in float16 (smaller files); the network computes in float32.
