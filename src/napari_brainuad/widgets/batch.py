@@ -102,6 +102,7 @@ class BatchWidget(WorkerWidget):
         self.table.setRowCount(len(items))
         for row, it in enumerate(items):
             detail = it.message if it.status == "error" else f"{it.n_findings} findings, {it.lesion_volume_ml or 0:.2f} ml"
+            detail += "".join(f"; warning: {w}" for w in it.warnings)
             for col, text in enumerate([it.file.name, it.status, detail]):
                 self.table.setItem(row, col, QTableWidgetItem(text))
         bad = sum(it.status == "error" for it in items)

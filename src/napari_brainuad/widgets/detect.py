@@ -163,8 +163,8 @@ class DetectWidget(WorkerWidget):
         flagged = float(np.count_nonzero(result.mask[result.brain_mask])) / self._brain_voxels
         text = (f"Done in {result.seconds['total']:.1f} s ({result.model}): {len(result.findings)} findings, "
                 f"{sum(f.volume_ml for f in result.findings):.2f} ml at threshold {result.threshold:.4g}.")
-        note = flagged_note(self._card, flagged, result.threshold)
-        return text + (f"\nWarning: {note}" if note else "")
+        notes = [*result.warnings, flagged_note(self._card, flagged, result.threshold)]
+        return text + "".join(f"\nWarning: {note}" for note in notes if note)
 
     # ---- threshold -------------------------------------------------------------------------
     def _slider_moved(self, value: int) -> None:
