@@ -2,8 +2,9 @@
 
 Run under a virtual display from the repository root:
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--model NAME]
-Writes docs/images/detect.png (sample + overlays + widget), threshold.png (histogram and findings)
-and batch.png (the batch widget after a run over a temporary folder).
+Writes docs/images/detect.png (sample + overlays + widget, the largest finding selected),
+threshold.png (the whole Detect widget), card.png (the model card dialog), mslub.png (an MS scan with
+its expert mask beside the model's mask) and batch.png (the batch widget after a run over a temporary folder).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_brainuad._sample_data import stroke_t1
+from napari_brainuad._sample_data import mslub_patient26, stroke_t1
 from napari_brainuad.sample import SAMPLE_MODEL, sample_path
 from napari_brainuad.widgets import BatchWidget, DetectWidget
 
@@ -43,11 +44,29 @@ def main() -> None:
     widget.run()
     wait(widget)
     QApplication.processEvents()
+    widget.table.selectRow(0)  # the largest finding, highlighted
+    viewer.reset_view()
     viewer.dims.set_point(0, 22.0)  # an axial slice through the left posterior stroke (z = 22 mm)
     QApplication.processEvents()
     viewer.screenshot(str(OUT / "detect.png"), canvas_only=False)
-    widget.grab().save(str(OUT / "threshold.png"))
+    widget.scroll.widget().grab().save(str(OUT / "threshold.png"))
+    dialog = widget.show_card()
+    QApplication.processEvents()
+    dialog.grab().save(str(OUT / "card.png"))
+    dialog.close()
 
+    viewer.layers.clear()  # an MS scan with its expert mask: the model's mask (cyan contours) stays distinct
+    for data, kwargs, kind in mslub_patient26():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget.image.value = viewer.layers[0]
+    widget.run()
+    wait(widget)
+    widget.table.selectRow(0)
+    viewer.scene.camera.zoom *= 1.6
+    QApplication.processEvents()
+    viewer.screenshot(str(OUT / "mslub.png"), canvas_only=True)
+
+    viewer.window.remove_dock_widget("all")
     batch = BatchWidget(viewer)
     viewer.window.add_dock_widget(batch, name="Batch detection", area="right")
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,4 +20,5 @@ def mslub_patient26():
     lesions = read_volume(sample_path("MSLUB lesions"))
     kwargs = layer_kwargs(lesions, name="MSLUB patient26 lesions (expert consensus)")
     kwargs["opacity"] = 0.5
+    kwargs["colormap"] = {None: "lime", 0: "transparent"}  # apart from the detection's colours (red-yellow, cyan)
     return layers + [(to_layer_data((lesions.data > 0).astype("uint8"), lesions.affine), kwargs, "labels")]

@@ -26,7 +26,8 @@ def measured_on(card) -> str:
     machine = card.metrics.get("evaluation", {}).get("machine")
     if seconds is None:
         return ""
-    return f"{seconds:.1f} s/volume timed on {machine or 'an unrecorded machine'}; a shared or busy machine takes longer"
+    machine = (machine or "an unrecorded machine").split(", torch")[0]
+    return f"{seconds:.1f} s/volume timed on {machine} (a shared or busy machine takes longer)"
 
 
 def healthy_reference(card) -> float | None:
@@ -51,9 +52,17 @@ def flagged_note(card, fraction: float, threshold: float) -> str:
 
 
 def card_line(card) -> str:
-    """One line under the model choice: the card's summary and where its speed was measured."""
-    speed = measured_on(card)
-    return card.summary() + (f" ({speed})" if speed else "")
+    """A few lines under the model choice: kind, healthy false positives, speed and where it was timed, licence;
+    the rest is in :class:`CardDialog`."""
+    scoring = "normative scoring" if card.scoring.get("normative") else "residual scoring"
+    parts = [f"{card.family}, {card.spatial_dims}D {card.modality}, {scoring}"]
+    healthy = card.metrics.get("summary", {}).get("healthy test voxels flagged")
+    if healthy is not None:
+        parts.append(f"healthy voxels flagged {100 * healthy:.2g}%")
+    parts.append(measured_on(card))
+    if "BY-NC" in str(card.training.get("data", "")):
+        parts.append("non-commercial use only (CC BY-NC training data)")
+    return "; ".join(p for p in parts if p) + "."
 
 
 def card_html(card) -> str:
