@@ -7,7 +7,7 @@ import sys
 
 COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "evaluate": "evaluate",
             "bench-preprocess": "bench_preprocess", "bench-memory": "bench_memory",
-            "bench-synthetic": "bench_synthetic"}
+            "bench-synthetic": "bench_synthetic", "bench-cohort": "bench_cohort"}
 """Sub-command -> module of this package."""
 
 

@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
                        "A bad file is reported in the summary and the batch goes on; complete outputs are skipped.")
     p.add_argument("input_dir", type=Path)
     p.add_argument("--pattern", default="*.nii*", help="glob pattern, e.g. '*_T1w.nii.gz' or '**/*.nii.gz'")
+    p.add_argument("--bids", nargs="?", const="T1w", metavar="SUFFIX",
+                   help="INPUT_DIR is a BIDS dataset: run its anat scans with this suffix (default T1w) and write a "
+                   "BIDS derivatives dataset into --out (e.g. INPUT_DIR/derivatives/brainuad)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on Dask distributed: 'local' (a local cluster of "
+                   "single-threaded workers) or a scheduler address such as tcp://host:8786")
+    p.add_argument("--workers", type=int, help="workers of a local Dask cluster (default: one per core)")
     _add_detect_options(p)
     p.set_defaults(func=_batch)
 
@@ -133,7 +139,9 @@ def _batch(args) -> int:
     options = _options(args)
     bar, update = _progress_bar(str(args.input_dir))
     with bar:
-        items = run(iter_batch(args.input_dir, args.out, model, pattern=args.pattern, **options), update)
+        items = run(iter_batch(args.input_dir, args.out, model, pattern=args.pattern, bids=args.bids,
+                               scheduler=args.scheduler, workers=args.workers, worker_device=args.device, **options),
+                    update)
     for it in items:
         print(f"{it.status:8s} {it.file.name}" + (f": {it.message}" if it.status == "error" else ""))
         for warning in it.warnings:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
+import inspect
 import io as _io
 import json
 import math
@@ -182,19 +184,23 @@ def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
 
 
 def save_result(result: Result, out_dir: Path, name: str | None = None) -> dict[str, Path]:
-    """Write the four outputs on the input's grid (same shape and affine); the CSV last.
-
-    Raises :class:`OutputError` (one sentence) when they cannot be written (permissions, full disk).
-    """
+    """Write the four outputs on the input's grid (same shape and affine) as :func:`output_paths` names
+    them; the CSV last. Raises :class:`OutputError` (one sentence) when they cannot be written
+    (permissions, full disk)."""
     paths = output_paths(out_dir, name or result.volume.name)
+    _save_outputs(result, paths)
+    return paths
+
+
+def _save_outputs(result: Result, paths: dict[str, Path]) -> None:
     try:
         write_volume(paths["reconstruction"], result.reconstruction, result.volume)
         write_volume(paths["anomaly"], result.anomaly_map, result.volume)
         write_volume(paths["mask"], result.mask, result.volume, dtype=np.int32)
         write_csv(paths["findings"], FINDING_COLUMNS, [_finding_row(f) for f in result.findings])
     except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot write the outputs of {result.volume.name} ({reason(exc)}).") from None
-    return paths
+        raise OutputError(f"{paths['findings'].parent}: cannot write the outputs of {result.volume.name} "
+                          f"({reason(exc)}).") from None
 
 
 def check_spares_inputs(paths: dict[str, Path], inputs: list[Path | None]) -> None:
@@ -214,12 +220,16 @@ def _finding_row(f: Finding) -> dict:
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    """Write a CSV atomically."""
+    """Write a CSV atomically (tab-separated when ``path`` ends in ``.tsv``)."""
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", delimiter=_delimiter(path))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if Path(path).suffix == ".tsv" else ","
 
 
 # ---- batch ---------------------------------------------------------------------------------
@@ -236,6 +246,7 @@ class BatchItem:
     max_score: float | None = None
     seconds: float | None = None
     warnings: tuple[str, ...] = ()
+    outputs: dict[str, Path] = field(default_factory=dict)  # kind -> path, as in :func:`output_paths`
 
 
 def find_inputs(input_dir: Path, pattern: str = "*.nii*") -> list[Path]:
@@ -243,9 +254,12 @@ def find_inputs(input_dir: Path, pattern: str = "*.nii*") -> list[Path]:
     return sorted(p for p in Path(input_dir).glob(pattern) if is_image_path(p))
 
 
-def check_out_dir(input_dir: Path, out_dir: Path) -> None:
-    """Refuse an output folder that is, or lies inside, the input folder."""
+def check_out_dir(input_dir: Path, out_dir: Path, allow_derivatives: bool = False) -> None:
+    """Refuse an output folder that is, or lies inside, the input folder (except, for a BIDS dataset,
+    inside its ``derivatives/`` folder, which BIDS inputs never come from)."""
     src, dst = Path(input_dir).resolve(), Path(out_dir).resolve()
+    if allow_derivatives and (src / "derivatives") in [dst, *dst.parents] and dst != src / "derivatives":
+        return
     if dst == src or src in dst.parents:
         raise InputError(f"{out_dir}: output folder lies inside the input folder {input_dir}; choose another.")
 
@@ -256,13 +270,22 @@ def batch(input_dir: Path, out_dir: Path, model: AnomalyModel, **kwargs) -> list
 
 
 def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str = "*.nii*",
-               threshold: float | None = None, t_int: int | None = None, **detect_options) -> Steps[list[BatchItem]]:
+               threshold: float | None = None, t_int: int | None = None, bids: str | None = None,
+               scheduler: str | None = None, workers: int | None = None, worker_device: str = "auto",
+               **detect_options) -> Steps[list[BatchItem]]:
     """Detect in every matching file, write its outputs and ``summary.csv``; yield progress.
+
+    ``bids``: ``input_dir`` is a BIDS dataset; its ``anat`` scans with this suffix (e.g. ``"T1w"``)
+    are run (``pattern`` is not used) and the outputs form a BIDS derivatives dataset in ``out_dir``
+    (see :mod:`napari_brainuad.bids`), which may be the dataset's own ``derivatives/`` sub-folder.
+    ``scheduler``: run on Dask distributed (``"local"`` or a scheduler address; ``workers``
+    single-threaded processes for a local cluster; the model is loaded once per worker on
+    ``worker_device``; see :mod:`napari_brainuad.cohort`); progress is then reported per file.
 
     A bad file becomes an ``error`` row and the batch goes on, and so does a file whose outputs
     cannot be written (full disk); when ``summary.csv`` itself cannot be written the batch stops
     with :class:`OutputError`. Files whose four outputs exist are ``skipped`` (resume; each output
-    is written atomically and the findings CSV last, so existing outputs are complete).
+    is written atomically and the findings table last, so existing outputs are complete).
     ``summary.csv`` is rewritten atomically after every file. The settings, with the model's
     threshold and a hash of its weights, are kept in ``batch.json``; a rerun into the same folder
     must use the same ones. Options, output names (two inputs must not share one) and the output
@@ -271,59 +294,127 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: not a folder.")
-    check_out_dir(input_dir, out_dir)
+    check_out_dir(input_dir, out_dir, allow_derivatives=bids is not None)
     check_options(model.card, t_int, threshold, detect_options.get("min_volume_ml", 0.0))
-    files = find_inputs(input_dir, pattern)
-    if not files:
-        raise InputError(f"{input_dir}: no files match '{pattern}'.")
-    names = [output_name(path, input_dir) for path in files]
-    check_collisions(files, names)
+    detect_options = {**_detect_defaults(), **detect_options}  # recorded in full, however they were given
+    if bids is not None:
+        bids_io = _optional("napari_brainuad.bids", "--bids", "bids")
+        files = bids_io.find_scans(input_dir, bids)
+        if not files:
+            raise InputError(f"{input_dir}: no anat/*_{bids}.nii[.gz] scans in this BIDS dataset.")
+        outputs = [bids_io.output_paths(out_dir, path) for path in files]
+    else:
+        files = find_inputs(input_dir, pattern)
+        if not files:
+            raise InputError(f"{input_dir}: no files match '{pattern}'.")
+        outputs = [output_paths(out_dir, output_name(path, input_dir)) for path in files]
+    check_collisions(files, outputs)
     prepare_out_dir(out_dir)
     with output_lock(out_dir):
-        return (yield from _run_batch(files, names, out_dir, model, pattern, threshold, t_int, detect_options))
+        check_settings(out_dir, {"model": model.name, **model_fingerprint(model), "threshold": threshold,
+                                 "t_int": t_int, "pattern": pattern if bids is None else None, "bids": bids,
+                                 **detect_options})
+        own = {"summary": out_dir / "summary.csv", "settings": out_dir / SETTINGS_FILE}
+        for folder, names in _by_folder([*outputs, own]).items():
+            remove_stale_temporaries(folder, names)  # the lock says no run owns them
+        if bids is not None:
+            bids_io.write_description(out_dir, input_dir, model.name)
+        options = {"t_int": t_int, "threshold": threshold, **detect_options}
+        jobs = list(zip(files, outputs))
+        if scheduler is None:
+            return (yield from _run_here(jobs, out_dir, model, options))
+        return (yield from _run_on_dask(jobs, out_dir, model, options, scheduler, workers, worker_device))
 
 
-def _run_batch(files, names, out_dir, model, pattern, threshold, t_int, detect_options) -> Steps[list[BatchItem]]:
-    check_settings(out_dir, {"model": model.name, **model_fingerprint(model), "threshold": threshold,
-                             "t_int": t_int, "pattern": pattern, **detect_options})
-    outputs = [p.name for n in names for p in output_paths(out_dir, n).values()]
-    remove_stale_temporaries(out_dir, ["summary.csv", SETTINGS_FILE, *outputs])  # the lock says no run owns them
+def iter_process_file(path: Path, paths: dict[str, Path], model: AnomalyModel, t_int: int | None = None,
+                      threshold: float | None = None, **detect_options) -> Steps[BatchItem]:
+    """One file of a batch: detect, write the outputs at ``paths``; a bad file is an ``error`` item."""
+    start = time.perf_counter()
+    try:
+        volume = read_volume(path)
+        result = yield from iter_detect(volume, model, t_int=t_int, threshold=threshold, **detect_options)
+        _save_outputs(result, paths)
+    except (InputError, ModelError, OutputError) as exc:
+        return BatchItem(path, "error", str(exc), outputs=paths)
+    return BatchItem(path, "ok", "", len(result.findings), sum(f.volume_ml for f in result.findings),
+                     max((f.peak_score for f in result.findings), default=None), time.perf_counter() - start,
+                     tuple(result.warnings), paths)
+
+
+def _run_here(jobs, out_dir, model, options) -> Steps[list[BatchItem]]:
     items: list[BatchItem] = []
-    for i, (path, name) in enumerate(zip(files, names)):
-        paths = output_paths(out_dir, name)
-        start = time.perf_counter()
+    for i, (path, paths) in enumerate(jobs):
         if all(p.exists() for p in paths.values()):
-            items.append(_from_existing(path, paths["findings"]))
+            items.append(_from_existing(path, paths))
         else:
-            try:
-                volume = read_volume(path)
-                result = yield from scaled(iter_detect(volume, model, t_int=t_int, threshold=threshold,
-                                                       **detect_options), i / len(files), (i + 1) / len(files))
-                save_result(result, out_dir, name)
-                items.append(BatchItem(path, "ok", "", len(result.findings),
-                                       sum(f.volume_ml for f in result.findings),
-                                       max((f.peak_score for f in result.findings), default=None),
-                                       time.perf_counter() - start, tuple(result.warnings)))
-            except (InputError, ModelError, OutputError) as exc:
-                items.append(BatchItem(path, "error", str(exc)))
-        try:
-            write_summary(out_dir / "summary.csv", items, model, t_int, threshold)
-        except OSError as exc:
-            raise OutputError(f"{out_dir}: cannot write summary.csv ({reason(exc)}); the batch stopped after "
-                              f"{i + 1} of {len(files)} files.") from None
-        yield Step(f"{path.name}: {items[-1].status}", (i + 1) / len(files))
+            items.append((yield from scaled(iter_process_file(path, paths, model, **options),
+                                            i / len(jobs), (i + 1) / len(jobs))))
+        _write_summary(out_dir, items, model, options, len(jobs))
+        yield Step(f"{path.name}: {items[-1].status}", (i + 1) / len(jobs))
     return items
 
 
-def check_collisions(files: list[Path], names: list[str]) -> None:
-    """Refuse two inputs whose outputs would share a name (``a.nii`` and ``a.nii.gz``; ``s1/t1`` and ``s1_t1``).
+def _run_on_dask(jobs, out_dir, model, options, scheduler, workers, worker_device) -> Steps[list[BatchItem]]:
+    _optional("distributed", "--scheduler", "cohort")
+    from .cohort import dask_client, iter_on_dask, model_reference
+
+    done = {i: _from_existing(path, paths) for i, (path, paths) in enumerate(jobs)
+            if all(p.exists() for p in paths.values())}
+    todo = [i for i in range(len(jobs)) if i not in done]
+
+    def record(finished: dict[int, BatchItem]) -> None:
+        _write_summary(out_dir, [it for _, it in sorted({**done, **finished}.items())], model, options, len(jobs))
+
+    if not todo:
+        record({})
+        return [done[i] for i in range(len(jobs))]
+    with dask_client(scheduler, workers) as client:
+        finished = yield from iter_on_dask([jobs[i] for i in todo], client, model_reference(model), worker_device,
+                                           options, lambda items: record(dict(zip(todo, items))))
+    return [it for _, it in sorted({**done, **dict(zip(todo, finished))}.items())]
+
+
+def _write_summary(out_dir: Path, items: list[BatchItem], model: AnomalyModel, options: dict, total: int) -> None:
+    try:
+        write_summary(out_dir / "summary.csv", items, model, options["t_int"], options["threshold"])
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write summary.csv ({reason(exc)}); the batch stopped after "
+                          f"{len(items)} of {total} files.") from None
+
+
+def _detect_defaults() -> dict:
+    """:func:`iter_detect`'s options with their defaults (all but the scan, the model, t_int and threshold)."""
+    params = inspect.signature(iter_detect).parameters
+    return {k: p.default for k, p in params.items()
+            if p.default is not inspect.Parameter.empty and k not in ("t_int", "threshold")}
+
+
+def _optional(module: str, option: str, extra: str):
+    """Import an optional dependency's module, or say in one sentence how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise InputError(f"{option} needs a package that is not installed ({exc.name}); "
+                         f"install it with: pip install 'napari-brainuad[{extra}]'.") from None
+
+
+def _by_folder(outputs: list[dict[str, Path]]) -> dict[Path, list[str]]:
+    folders: dict[Path, list[str]] = {}
+    for paths in outputs:
+        for path in paths.values():
+            folders.setdefault(path.parent, []).append(path.name)
+    return folders
+
+
+def check_collisions(files: list[Path], outputs: list[dict[str, Path]]) -> None:
+    """Refuse two inputs whose outputs would share a path (``a.nii`` and ``a.nii.gz``; ``s1/t1`` and ``s1_t1``).
 
     Compared without case, as on case-insensitive file systems.
     """
     seen: dict[str, Path] = {}
-    for path, name in zip(files, names):
-        for out in output_paths(Path(), name).values():
-            other = seen.setdefault(out.name.casefold(), path)
+    for path, paths in zip(files, outputs):
+        for out in paths.values():
+            other = seen.setdefault(str(out).casefold(), path)
             if other != path:
                 raise InputError(f"{path}: its outputs would be named like those of {other} ({out.name}); "
                                  "rename one or narrow the pattern.")
@@ -376,11 +467,12 @@ def output_name(path: Path, input_dir: Path) -> str:
     return "_".join([*rel.parent.parts, stem(rel)])
 
 
-def _from_existing(path: Path, findings_csv: Path) -> BatchItem:
-    with open(findings_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+def _from_existing(path: Path, paths: dict[str, Path]) -> BatchItem:
+    with open(paths["findings"], newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter=_delimiter(paths["findings"])))
     return BatchItem(path, "skipped", "outputs already complete", len(rows),
-                     sum(float(r["volume_ml"]) for r in rows), max((float(r["peak_score"]) for r in rows), default=None))
+                     sum(float(r["volume_ml"]) for r in rows), max((float(r["peak_score"]) for r in rows), default=None),
+                     outputs=paths)
 
 
 def write_summary(path: Path, items: list[BatchItem], model: AnomalyModel, t_int, threshold) -> None:

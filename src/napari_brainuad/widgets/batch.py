@@ -11,7 +11,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
 from .._reader import read_layers
 from ..io import InputError, read_volume
 from ..models import ModelError, available_models, load_model
-from ..pipeline import iter_batch, output_name, output_paths
+from ..pipeline import iter_batch
 from ..sample import SAMPLE_MODEL
 from ..scoring import ScoringConfig
 from .card_view import card_line, score_units
@@ -115,7 +115,7 @@ class BatchWidget(WorkerWidget):
         if item.status == "error":
             notifications.show_warning(f"{item.file.name} has no outputs: {item.message}")
             return
-        paths = output_paths(run["out_dir"], output_name(item.file, run["input_dir"]))
+        paths = item.outputs
         try:
             (data, kwargs, kind), = read_layers(str(item.file))
             volume = read_volume(item.file)
