@@ -152,7 +152,8 @@ def build_datasets(data: Path, cache: Path, per_scan: int = 4, seed: int = 0,
     pairs = rescan_pairs(Path(data) / SITES["oasis"].folder / "participants.csv", [c.name for c in oasis])
     real = lesion_cases(data)
     p0_masks = {c.name: c.lesion for c in real}
-    fluid = "one fluid-driven anomaly (Liu et al. 2025), {} per scan; P0 from random blobs or the real lesion masks."
+    fluid = ("one fluid-driven anomaly (Liu et al. 2025), {} per scan; P0 from random blobs or the real lesion masks; "
+             "copy j of either site draws the same source, lesion contrast and evolution seed (a paired comparison).")
     return {d.name: d for d in [
         Dataset("IXI healthy", f"IXI `test` split, {len(ixi)} healthy T1 scans, Philips 3T, whole head "
                 "(false positives, reconstruction quality).", ixi),
