@@ -19,10 +19,9 @@ from tqdm import tqdm
 
 from napari_brainuad.io import atomic_write, remove_stale_temporaries
 from napari_brainuad.models import resolve_device
-from napari_brainuad.models.networks import build_network
+from napari_brainuad.models.families import learned_family
 
 from .data import SliceData
-from .losses import LOSSES
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -75,9 +74,12 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     """Train ``recipe`` on ``data``; returns the final state (step, loss, seconds)."""
     cfg = recipe["training"]
     torch.manual_seed(cfg["seed"])
-    network = build_network(recipe["family"], recipe["architecture"]).to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=cfg["lr"])
-    loss_fn = LOSSES[recipe["family"]](recipe, device)
+    family = learned_family(recipe["family"])
+    network = family.build_network(recipe["architecture"])
+    family.init_training(network, recipe)
+    network = network.to(device)
+    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=cfg["lr"])
+    loss_fn = family.objective(recipe, device)
     step, seconds = 0, 0.0
     ckpt = out / CHECKPOINT
     if rank == 0 and out.exists():
