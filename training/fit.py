@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import time
@@ -102,6 +103,9 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     bar = tqdm(total=total, initial=step, desc=recipe["name"], disable=rank != 0)
     log = []
     while step < total:
+        if "lr_min" in cfg:  # cosine decay from lr to lr_min over the run, a function of the step alone
+            for group in optimizer.param_groups:
+                group["lr"] = cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * step / total))
         generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step * 101 + rank)
         batch = data.batch(cfg["batch_size"], generator, augment=cfg.get("augment", True),
                            robust=cfg.get("robust", False), context=recipe["architecture"].get("context", 0),

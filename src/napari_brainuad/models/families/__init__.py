@@ -9,11 +9,16 @@ from .ae import AutoEncoderModel
 from .dae import DenoisingModel
 from .ddpm import DDPMModel
 from .intensity import IntensityBaseline
+from .mae import MaskedAutoEncoderModel
+from .rae import ReversedAutoEncoderModel
 from .restore import RestorationModel
 from .vae import VAEModel
+from .vqvae import VQVAEModel
+from .vqvae_tr import VQVAETransformerModel
 
 FAMILIES: dict[str, type[AnomalyModel]] = {cls.family: cls for cls in (
-    IntensityBaseline, AutoEncoderModel, VAEModel, DenoisingModel, RestorationModel, DDPMModel)}
+    IntensityBaseline, AutoEncoderModel, VAEModel, DenoisingModel, RestorationModel, DDPMModel, VQVAEModel,
+    VQVAETransformerModel, ReversedAutoEncoderModel, MaskedAutoEncoderModel)}
 """Family name (the card's ``family``) -> model class."""
 
 
