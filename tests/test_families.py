@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import healthy_cache, phantom_scan
 from napari_brainuad.cli import main as cli
 from napari_brainuad.models import ModelError, load_model, validate_card
-from napari_brainuad.models.families import build_network, learned_family
+from napari_brainuad.models.families import learned_family
 from napari_brainuad.models.families.mae import MaskedAutoEncoderModel, inference_masks
 from napari_brainuad.models.families.vqvae_tr import VQVAETransformer, resample_unlikely
 from training import export
