@@ -21,7 +21,7 @@ from napari_brainuad import cli
 from napari_brainuad.cli import main
 from napari_brainuad.io import InputError, Volume, read_volume
 from napari_brainuad.models import ModelError, find_card, load_model
-from napari_brainuad.models.networks import build_network
+from napari_brainuad.models.families import build_network
 from napari_brainuad.outdir import LOCK_FILE
 from napari_brainuad.pipeline import batch, detect
 
@@ -297,11 +297,11 @@ def test_weights_must_be_a_regular_file(tmp_path):
 
 
 def test_any_error_while_building_becomes_one_model_error(tmp_path, monkeypatch, capsys):
-    import napari_brainuad.models.slicewise as slicewise
+    from napari_brainuad.models.families.ae import AutoEncoderModel
 
     def no_memory(*args):
         raise MemoryError()
-    monkeypatch.setattr(slicewise, "build_network", no_memory)
+    monkeypatch.setattr(AutoEncoderModel, "make_network", staticmethod(no_memory))
     folder = card_folder(tmp_path)
     with pytest.raises(ModelError, match="cannot be built \\(MemoryError\\)"):
         load_model(folder, "cpu")

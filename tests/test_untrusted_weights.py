@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from napari_brainuad.models import ModelError, find_card, load_model
-from napari_brainuad.models.networks import build_network
+from napari_brainuad.models.families import build_network
 
 
 class Payload:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import time
@@ -19,10 +20,9 @@ from tqdm import tqdm
 
 from napari_brainuad.io import atomic_write, remove_stale_temporaries
 from napari_brainuad.models import resolve_device
-from napari_brainuad.models.networks import build_network
+from napari_brainuad.models.families import learned_family
 
 from .data import SliceData
-from .losses import LOSSES
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -75,9 +75,12 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     """Train ``recipe`` on ``data``; returns the final state (step, loss, seconds)."""
     cfg = recipe["training"]
     torch.manual_seed(cfg["seed"])
-    network = build_network(recipe["family"], recipe["architecture"]).to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=cfg["lr"])
-    loss_fn = LOSSES[recipe["family"]](recipe, device)
+    family = learned_family(recipe["family"])
+    network = family.build_network(recipe["architecture"])
+    family.init_training(network, recipe)
+    network = network.to(device)
+    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=cfg["lr"])
+    loss_fn = family.objective(recipe, device)
     step, seconds = 0, 0.0
     ckpt = out / CHECKPOINT
     if rank == 0 and out.exists():
@@ -100,6 +103,9 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     bar = tqdm(total=total, initial=step, desc=recipe["name"], disable=rank != 0)
     log = []
     while step < total:
+        if "lr_min" in cfg:  # cosine decay from lr to lr_min over the run, a function of the step alone
+            for group in optimizer.param_groups:
+                group["lr"] = cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * step / total))
         generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step * 101 + rank)
         batch = data.batch(cfg["batch_size"], generator, augment=cfg.get("augment", True),
                            robust=cfg.get("robust", False), context=recipe["architecture"].get("context", 0),

@@ -14,13 +14,7 @@ import torch
 
 from .base import AnomalyModel
 from .card import ModelCard, ModelError, read_card
-from .intensity import IntensityBaseline
-from .slicewise import DDPMModel, SliceModel, VAEModel
-
-FAMILIES: dict[str, type[AnomalyModel]] = {
-    "intensity": IntensityBaseline, "ae": SliceModel, "vae": VAEModel, "dae": SliceModel, "restore": SliceModel,
-    "ddpm": DDPMModel}
-"""Family name (the card's ``family``) -> model class."""
+from .families import FAMILIES
 
 
 def bundled_folder() -> Path:

@@ -1,13 +1,15 @@
-"""Learned 2D families run slice-wise over the axial slices (last axis) of the model grid.
+"""What every learned 2D family shares: slice-wise reconstruction over the axial slices (last axis)
+of the model grid, in batches, and safetensors loading of the card's network.
 
-ae: autoencoder with a spatial bottleneck (Baur et al. 2021); vae: variational autoencoder;
-dae: denoising autoencoder trained on coarse noise (Kascenas et al. 2022); restore: a UNet trained
-to remove synthetic anomalies (pseudo-pathology restoration, the idea behind UNA, Liu et al. 2025);
-ddpm: denoising diffusion, partially noised to ``t_int`` and denoised back with DDIM steps.
-A card's ``architecture.context`` gives the network that many neighbouring slices on each side
-as extra input channels (zeros beyond the grid).
+A family subclasses :class:`SliceModel` in its own module of :mod:`.families` and gives its
+network (:meth:`SliceModel.make_network`), its reconstruction of a batch of slices
+(:meth:`SliceModel.reconstruct_batch`) and its training objective (:meth:`SliceModel.objective`).
+A card's ``architecture.context`` gives the network that many neighbouring slices on each side as
+extra input channels (zeros beyond the grid).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,38 +20,66 @@ from torch import nn
 from ..progress import Step, Steps, scaled
 from .base import AnomalyModel
 from .card import MAX_WEIGHTS_BYTES, ModelCard, ModelError, check_regular_file
-from .networks import build_network
 
-
-def load_network(card: ModelCard) -> nn.Module:
-    """Build the card's network and load its safetensors weights (strict: every tensor must match)."""
-    network = build_network(card.family, card.architecture)
-    path = card.weights_path
-    if path is None:
-        raise ModelError(f"{card.folder}: model card names no weights file.")
-    check_regular_file(path, MAX_WEIGHTS_BYTES, "weights file")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a valid safetensors weights file ({exc}).") from None
-    # Weights may be stored in float16 (smaller files); the network computes in float32.
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "tensor mismatch"
-        raise ModelError(f"{path}: weights do not match the '{card.family}' architecture ({first}).") from None
-    return network
+Objective = Callable[[nn.Module, object, torch.Generator], torch.Tensor]
+"""``loss(model, batch, generator)``: a training batch (``training.data.Batch``: ``input``, ``target``,
+``mask``, ``lesion``) to a scalar loss; all randomness from ``generator``."""
 
 
 class SliceModel(AnomalyModel):
     """A 2D network applied to every axial slice that holds brain, in batches."""
 
+    family = ""
+    """The card's ``family`` this class answers to."""
+
     def __init__(self, card: ModelCard, device: str = "cpu", network: nn.Module | None = None):
         super().__init__(card, device)
-        self.network = (network if network is not None else load_network(card)).to(device).eval()
+        self.network = (network if network is not None else self.load_network(card)).to(device).eval()
         self.batch_size = int(card.architecture.get("inference_batch", 32))
         self.context = int(card.architecture.get("context", 0))
+
+    @staticmethod
+    def make_network(arch: dict, channels_in: int) -> nn.Module:
+        """The untrained network of a card's ``architecture`` (``channels_in``: the slice and its context)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def objective(recipe: dict, device) -> Objective:
+        """The training loss of a recipe (``training/recipes/*.json``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def init_training(cls, network: nn.Module, recipe: dict) -> None:
+        """Prepare a fresh network before training (a two-stage family loads and freezes its first stage)."""
+
+    @classmethod
+    def build_network(cls, arch: dict) -> nn.Module:
+        """:meth:`make_network`, with a bad architecture raised as one :class:`ModelError`."""
+        try:
+            return cls.make_network(dict(arch), 2 * int(arch.get("context", 0)) + 1)  # the slice and its neighbours
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise ModelError(f"architecture of family '{cls.family}' is invalid ({exc}).") from None
+
+    @classmethod
+    def load_network(cls, card: ModelCard) -> nn.Module:
+        """Build the card's network and load its safetensors weights (strict: every tensor must match)."""
+        network = cls.build_network(card.architecture)
+        path = card.weights_path
+        if path is None:
+            raise ModelError(f"{card.folder}: model card names no weights file.")
+        check_regular_file(path, MAX_WEIGHTS_BYTES, "weights file")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"{path}: not a valid safetensors weights file ({exc}).") from None
+        # Weights may be stored in float16 (smaller files); the network computes in float32.
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "tensor mismatch"
+            raise ModelError(f"{path}: weights do not match the '{card.family}' architecture ({first}).") from None
+        return network
 
     def iter_reconstruct(self, image, mask, t_int=None, seed=0) -> Steps[np.ndarray]:
         slices = np.flatnonzero(mask.any(axis=(0, 1)))
@@ -71,47 +101,3 @@ class SliceModel(AnomalyModel):
             y = self.network(x)
         yield Step(self.card.family, 1.0)
         return y
-
-
-class VAEModel(SliceModel):
-    def reconstruct_batch(self, x, t_int, generator):
-        with torch.inference_mode():
-            y = self.network(x)[0]  # decoded posterior mean (use_mean_at_inference)
-        yield Step("vae", 1.0)
-        return y
-
-
-class DDPMModel(SliceModel):
-    """Partial noising to ``t_int``, then MONAI DDIM steps of ``t_int.steps`` back to 0."""
-
-    CHUNK = 8
-    """Slices per network call inside a step: progress (and Cancel) every fraction of a second on a CPU."""
-
-    def __init__(self, card, device="cpu", network=None):
-        super().__init__(card, device, network)
-        from monai.networks.schedulers import DDIMScheduler
-
-        sched = card.architecture["scheduler"]
-        self.scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], schedule=sched["schedule"],
-                                       clip_sample=False, **sched.get("schedule_args", {}))
-        self.stride = int(card.t_int.get("steps", 25))
-        self.scheduler.set_timesteps(sched["num_train_timesteps"] // self.stride)
-
-    def reconstruct_batch(self, x, t_int, generator):
-        x = x * 2 - 1  # the network works in [-1, 1]
-        start = (t_int // self.stride) * self.stride
-        timesteps = [int(t) for t in self.scheduler.timesteps if t <= start]
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
-        sample = self.scheduler.add_noise(x, noise, torch.full((x.shape[0],), start, device=x.device, dtype=torch.long))
-        chunks = range(0, x.shape[0], self.CHUNK)
-        for i, t in enumerate(timesteps):
-            eps = torch.empty_like(sample)
-            for n, j in enumerate(chunks):
-                part = sample[j:j + self.CHUNK]
-                with torch.inference_mode():
-                    eps[j:j + self.CHUNK] = self.network(
-                        part, timesteps=torch.full((part.shape[0],), t, device=x.device, dtype=torch.long))
-                yield Step(f"denoising from t={start}", (i + (n + 1) / len(chunks)) / len(timesteps))
-            with torch.inference_mode():
-                sample, _ = self.scheduler.step(eps, t, sample)
-        return (sample + 1) / 2

@@ -1,4 +1,4 @@
-"""The intensity-deviation baseline (Meissen et al. 2021): the honest floor, no weights.
+"""``intensity``: the intensity-deviation baseline (Meissen et al. 2021): the honest floor, no weights.
 
 Lesions are bright on FLAIR/T2 and dark on T1. The "pseudo-healthy" image clips every voxel
 that deviates from the brain's median intensity in the lesion direction back to that median,
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..progress import Step, Steps
-from .base import AnomalyModel
+from ...progress import Step, Steps
+from ..base import AnomalyModel
 
 
 class IntensityBaseline(AnomalyModel):
     """Scores voxels by how far they are brighter (or darker) than the brain median."""
+
+    family = "intensity"
 
     def iter_reconstruct(self, image, mask, t_int=None, seed=0) -> Steps[np.ndarray]:
         median = float(np.median(image[mask]))
