@@ -19,7 +19,7 @@ from napari_brainuad.io import read_volume
 from napari_brainuad.preprocess import preprocess
 from napari_brainuad.synthetic import fluid_anomaly, random_blobs, shape_anomaly
 
-from .data import SITES, load_preprocessed
+from .data import SITES, cached_labels, load_preprocessed
 
 LESION_CASES = {  # name: (image, lesion mask, brain mask or None)
     "MSLUB-26": ("mslub/patient26/T1.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
@@ -168,3 +168,55 @@ def build_datasets(data: Path, cache: Path, per_scan: int = 4, seed: int = 0,
         Dataset("BraTS T1c", "BraTS 2013 pat0001-0002: glioma on contrast-enhanced T1 (not the T1 the models were "
                 "trained on), whole tumour.", real[1:]),
     ]}
+
+
+def contrast_cases(cache: Path, per_scan: int = 1, seed: int = 0, contrasts: tuple[str, ...] | None = None,
+                   split: str = "test") -> list[Dataset]:
+    """One dataset per contrast family of :data:`training.synth.CONTRASTS` (T1-, T2-, FLAIR-like): each
+    labelled scan of ``split`` in the site cache (OASIS, labels cached by ``prepare``) rendered from its
+    labels in that contrast, with ``per_scan`` fluid-driven anomalies of the contrast's lesion intensity.
+
+    For the "AP per contrast and spread between contrasts" table: copy ``k`` of scan ``i`` carries the same
+    lesion (drawn from ``(seed, i, k)``) in every contrast, so the datasets differ in contrast only; the
+    rendering (tissue means in the contrast's ranges, label jitter, bias field, texture, light noise) draws
+    from ``(seed, i, k, contrast index)``.
+    """
+    from napari_brainuad.synthetic import fluid_pathology
+
+    from .synth import CONTRASTS, contrast_image, degrade, paint_lesion
+
+    contrasts = tuple(contrasts or CONTRASTS)
+    unknown = [c for c in contrasts if c not in CONTRASTS]
+    if unknown:
+        raise ValueError(f"unknown contrast {', '.join(unknown)} (known: {', '.join(CONTRASTS)})")
+    scans = [(case, _labels_by_name(Path(cache), case.name)) for case in cached_cases(cache, split)]
+    if not scans or any("labels" not in m or "tissues" not in m for _, m in scans):
+        raise FileNotFoundError(f"{cache}: '{split}' scans cached without their label maps; run 'python -m training "
+                                "prepare --sites oasis' (it caches the labels beside each scan).")
+    out = {c: [] for c in contrasts}
+    for i, (case, maps) in enumerate(scans):
+        for k in range(per_scan):
+            for attempt in range(10):
+                rng = np.random.default_rng([seed, i, k, attempt])
+                P = fluid_pathology(random_blobs(case.mask, rng), case.mask, rng)
+                lesion = (P > 0.5) & case.mask
+                if lesion.any():
+                    break
+            for c_index, name in enumerate(contrasts):
+                rng = np.random.default_rng([seed, i, k, 1000 + c_index])
+                means, lesion_range = CONTRASTS[name]
+                healthy = contrast_image(maps["labels"], maps["tissues"], case.mask, rng, means=means)
+                sick = paint_lesion(healthy, P, case.mask, float(rng.uniform(*lesion_range)), rng)
+                sick = degrade(sick, case.mask, rng, blur_prob=0.0, lowres_prob=0.0, noise_std=0.02)
+                out[name].append(Case(f"{case.name} {name} fluid {k}", sick, case.mask, lesion, f"fluid:{name}"))
+    return [Dataset(f"OASIS {name} + fluid", f"OASIS-1 `{split}` brains rendered from their label maps in a "
+                    f"{name} contrast (synthetic, training/synth.py), {per_scan} fluid-driven anomal"
+                    f"{'y' if per_scan == 1 else 'ies'} per scan of that contrast's lesion intensity; the same "
+                    "lesions in every contrast.", cases) for name, cases in out.items()]
+
+
+def _labels_by_name(cache: Path, name: str) -> dict:
+    """The label maps cached with the scan whose file starts with ``name`` (the first ``_`` field)."""
+    for path in sorted(cache.glob(f"{name}_*.npz")):
+        return cached_labels(path)
+    return {}

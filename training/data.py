@@ -1,9 +1,10 @@
 """Healthy training sites, preprocessed once into caches of model-grid volumes, and the slices drawn from them.
 
 A *site* is one scanner's healthy scans in ``../shared/data`` with a fixed split (:data:`SITES`).
-``prepare`` writes each site's cache as ``CACHE/<site>/<stem>.npz`` (image, mask) plus a
-``splits.csv`` (subject, file, split); everything after ``prepare`` (fit, calibrate, evaluate)
-reads only caches.
+``prepare`` writes each site's cache as ``CACHE/<site>/<stem>.npz`` (image, mask, and for a site with
+label maps, OASIS, its ``labels`` and ``tissues`` resampled nearest-neighbour through the same
+registration) plus a ``splits.csv`` (subject, file, split); everything after ``prepare`` (fit,
+calibrate, evaluate) reads only caches.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class Site:
     """A scanner's healthy scans: where they are, how their split is listed, how to credit them.
 
     ``table`` lists one scan a row with a ``split`` column; ``subject``, ``image`` and ``brain_mask``
-    are format strings over a row's columns (``brain_mask`` None: the scan's own skull is stripped).
+    are format strings over a row's columns (``brain_mask`` None: the scan's own skull is stripped);
+    ``labels`` names label maps on the scan's grid (cache key, format string), cached with it.
     """
 
     folder: str
@@ -33,6 +35,7 @@ class Site:
     subject: str = "{subject}"
     image: str = "{file}"
     brain_mask: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
 
     def scans(self, data_root: Path, split: str | None = None) -> list["Scan"]:
         """Scans of ``split`` (all when None) as listed in the site's table."""
@@ -40,7 +43,8 @@ class Site:
         with open(root / self.table, newline="") as f:
             rows = [r for r in csv.DictReader(f) if split is None or r["split"] == split]
         return [Scan(self.subject.format(**r), root / self.image.format(**r), r["split"],
-                     root / self.brain_mask.format(**r) if self.brain_mask else None) for r in rows]
+                     root / self.brain_mask.format(**r) if self.brain_mask else None,
+                     {key: root / name.format(**r) for key, name in self.labels}) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Scan:
     path: Path
     split: str
     brain_mask: Path | None = None
+    labels: dict | None = None
+    """Label maps on the scan's grid by cache key (``labels``: anatomical, ``tissues``: 1 CSF, 2 GM, 3 WM)."""
 
     @property
     def stem(self) -> str:
@@ -62,23 +68,43 @@ SITES = {
     "oasis": Site("oasis-malf", "participants.csv",
                   "OASIS-1 (Siemens 1.5T, healthy, age 18-90, skull-stripped)",
                   "OASIS-1 scans, OASIS project; labels Neuromorphometrics, Inc.; CC BY-NC (non-commercial)",
-                  subject="{id}", image="{id}_T1_brain.nii.gz", brain_mask="{id}_brainmask.nii.gz"),
+                  subject="{id}", image="{id}_T1_brain.nii.gz", brain_mask="{id}_brainmask.nii.gz",
+                  labels=(("labels", "{id}_labels.nii.gz"), ("tissues", "{id}_tissues.nii.gz"))),
 }
 """The healthy training sites by cache name."""
 
 
 def load_preprocessed(path: Path, cache_dir: Path | None = None, seed: int = 0,
-                      brain_mask: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image, mask) of a scan on the model grid; read from ``cache_dir`` when cached there."""
+                      brain_mask: Path | None = None, labels: dict | None = None,
+                      **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) of a scan on the model grid; read from ``cache_dir`` when cached there.
+
+    ``labels`` (cache key -> label map on the scan's grid) are resampled nearest-neighbour through the
+    scan's own registration and stored beside it as int16 (:func:`cached_labels`); a cached file that
+    lacks one of them is made again. ``kwargs`` go to :func:`~napari_brainuad.preprocess.preprocess`.
+    """
     cached = Path(cache_dir) / f"{Path(path).name.split('.')[0]}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         with np.load(cached) as z:
-            return z["image"], z["mask"]
+            if all(key in z.files for key in labels or {}):
+                return z["image"], z["mask"]
     mask = read_volume(brain_mask).data > 0 if brain_mask is not None else None
-    p = preprocess(read_volume(path), seed=seed, brain_mask=mask)
+    p = preprocess(read_volume(path), seed=seed, brain_mask=mask, **kwargs)
+    maps = {}
+    for key, label_path in (labels or {}).items():
+        native = read_volume(label_path)
+        if native.shape != p.native.shape:
+            raise ValueError(f"{label_path}: label map shape {native.shape} differs from the scan's {p.native.shape}")
+        maps[key] = np.rint(p.to_template(native.data.astype(np.float32), "nearest")).astype(np.int16) * p.mask
     if cached is not None:
-        atomic_write(cached, lambda tmp: np.savez_compressed(tmp, image=p.image, mask=p.mask))
+        atomic_write(cached, lambda tmp: np.savez_compressed(tmp, image=p.image, mask=p.mask, **maps))
     return p.image, p.mask
+
+
+def cached_labels(path: Path) -> dict[str, np.ndarray]:
+    """The label maps cached with a scan (``labels``, ``tissues``; empty for a site without them)."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k not in ("image", "mask")}
 
 
 def cached_split(cache_dir: Path, split: str) -> list[Path]:

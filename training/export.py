@@ -45,7 +45,8 @@ def main(args) -> int:
     cfg = recipe["training"]
     card = {
         "name": recipe["name"], "family": recipe["family"], "description": recipe["description"],
-        "modality": "T1", "spatial_dims": 2, "template": MNI_NAME, "grid_shape": list(MNI_SHAPE), "spacing_mm": 2.0,
+        "modality": recipe.get("modality", "T1"), **({"contrasts": recipe["contrasts"]} if "contrasts" in recipe else {}),
+        "spatial_dims": 2, "template": MNI_NAME, "grid_shape": list(MNI_SHAPE), "spacing_mm": 2.0,
         "normalisation": "percentiles 0.5-99.5 inside the brain mask mapped to [0, 1], clipped",
         "architecture": recipe["architecture"], "weights": "weights.safetensors", "scoring": recipe["scoring"],
         "threshold": 0.0, "t_int": recipe.get("t_int"),

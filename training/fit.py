@@ -51,7 +51,12 @@ def main(args) -> int:
     device = resolve_device(args.device) if world == 1 or not torch.cuda.is_available() else f"cuda:{rank}"
     out = Path(args.out)
     recipe["training"]["sites"] = [Path(c).name for c in args.data]
-    data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0)
+    if "synth_prob" in recipe["training"]:  # contrasts rendered from label maps on the fly (the anatomy family)
+        from .synth import SynthData
+
+        data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"])
+    else:
+        data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0)
     state = fit(recipe, data, out, device, args.resume, rank, world)
     if rank == 0:
         print(f"{recipe['name']}: {state['step']} steps, final loss {state['loss']:.5f}, "

@@ -2,7 +2,8 @@
 
 For each site of :data:`training.data.SITES` (``--sites``), runs the plugin's own preprocessing
 (skull stripping when needed, registration to MNI152 2 mm, normalisation) on every scan of the
-chosen splits and writes ``CACHE/<site>/<stem>.npz`` (image, mask) plus ``splits.csv``.
+chosen splits and writes ``CACHE/<site>/<stem>.npz`` (image, mask; for OASIS also its anatomical
+``labels`` and ``tissues`` maps, resampled nearest-neighbour through the same registration) plus ``splits.csv``.
 With ``--pseudo-per-scan K``, also writes ``CACHE/<site>/pseudo/<stem>.npz``: K anomalous copies
 of each ``train`` scan (:mod:`training.pseudo`), seeded by (``--seed``, site, scan). Cached files are kept.
 """
@@ -43,7 +44,7 @@ def main(args) -> int:
         rows = [{"subject": s.subject, "file": s.path.name, "split": s.split} for s in site.scans(args.data)]
         _write_splits(cache / "splits.csv", rows)
         for scan in tqdm(scans, desc=f"prepare {site_name}"):
-            load_preprocessed(scan.path, cache, brain_mask=scan.brain_mask)
+            load_preprocessed(scan.path, cache, brain_mask=scan.brain_mask, labels=scan.labels)
         print(f"{len(scans)} {site_name} scans cached in {cache}")
         if args.pseudo_per_scan:
             if lesion_masks is None:

@@ -108,7 +108,7 @@ def _detect(args) -> int:
         with bar:
             result = run(iter_detect(volume, model, brain_mask=brain_mask, **_options(args)), update)
         paths = save_result(result, args.out)
-    _report(result, paths)
+    _report(result, paths, model.card)
     return 0
 
 
@@ -119,10 +119,11 @@ def _read_brain_mask(path: Path, volume):
     return mask.data > 0
 
 
-def _report(result, paths) -> None:
+def _report(result, paths, card) -> None:
     total = sum(f.volume_ml for f in result.findings)
     print(f"{result.volume.name}: {len(result.findings)} findings, {total:.2f} ml at threshold "
-          f"{result.threshold:.4g} ({result.model}); {result.seconds['total']:.1f} s")
+          f"{result.threshold:.4g} ({result.model}, accepts {'/'.join(card.accepted_contrasts)}); "
+          f"{result.seconds['total']:.1f} s")
     for f in result.findings[:5]:
         x, y, z = f.centroid_mm
         print(f"  #{f.label}: {f.volume_ml:.2f} ml, peak {f.peak_score:.3g}, centroid ({x:.0f}, {y:.0f}, {z:.0f}) mm")
@@ -175,7 +176,7 @@ def _demo(args) -> int:
     with bar:
         result = run(iter_detect(volume, model), update)
     paths = save_result(result, args.out, name="sample_T1")
-    _report(result, paths)
+    _report(result, paths, model.card)
     left, total = left_hemisphere_ml(result)
     print(f"This scan has a chronic stroke in the left hemisphere (no expert mask ships with it): "
           f"{left:.2f} of the {total:.2f} ml flagged on the MNI model grid lie left of the midline.")

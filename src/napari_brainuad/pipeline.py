@@ -135,7 +135,7 @@ def iter_detect(
     yield Step("done", 1.0)
     return Result(volume, model.name, t_int, threshold, native_recon, native_score, labels, found, pre.native_mask,
                   {"image": pre.image, "mask": pre.mask, "reconstruction": recon, "anomaly_map": score,
-                   "preprocessed": pre}, seconds, scan_warnings(pre, card.modality))
+                   "preprocessed": pre}, seconds, scan_warnings(pre, card.accepted_contrasts))
 
 
 def check_options(card, t_int: int | None = None, threshold: float | None = None,

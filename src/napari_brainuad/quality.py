@@ -7,7 +7,8 @@ Each check compares the scan, once registered to the model grid, with the templa
   (the correlation ratio over template intensity bins; any MRI contrast of a registered brain
   scores high, noise or a failed registration low);
 - contrast: the order of mean intensities in the template's CSF, grey and white matter
-  (T1: CSF < GM < WM; T2: CSF brightest; FLAIR: CSF dark and GM > WM), against the card's modality;
+  (T1: CSF < GM < WM; T2: CSF brightest; FLAIR: CSF dark and GM > WM), against the contrasts the card
+  accepts (its ``contrasts``, else its ``modality``);
 - orientation: a NIfTI with qform and sform codes 0 has no reliable left and right.
 """
 from __future__ import annotations
@@ -65,9 +66,11 @@ def measures(image: np.ndarray, mask: np.ndarray, template: Template) -> dict:
     return {"coverage": coverage, "brain_likeness": between / total if total > 0 else 0.0, "means": means}
 
 
-def scan_warnings(pre, modality: str) -> list[str]:
+def scan_warnings(pre, accepted: list[str] | str) -> list[str]:
     """One sentence per way the preprocessed scan ``pre`` (:class:`~.preprocess.Preprocessed`) may not suit a
-    model of ``modality``; empty when none."""
+    model accepting the contrasts ``accepted`` (a list, or one modality name; ``"any"`` accepts every
+    contrast); empty when none."""
+    accepted = [accepted] if isinstance(accepted, str) else list(accepted)
     name = pre.native.path or pre.native.name
     m = measures(pre.image, pre.mask, pre.template)
     out = []
@@ -75,10 +78,10 @@ def scan_warnings(pre, modality: str) -> list[str]:
         out.append(f"{name}: does not look like a brain registered to the template (brain-likeness "
                    f"{m['brain_likeness']:.2f}, healthy brains score above {MIN_BRAIN_LIKENESS}); check the scan "
                    "and its registration before trusting the findings.")
-    elif modality != "any" and not np.isnan(list(m["means"].values())).any():
+    elif "any" not in accepted and not np.isnan(list(m["means"].values())).any():
         guess = guess_contrast(m["means"])
-        if guess != modality:
-            out.append(f"{name}: its contrast looks like {guess}, not the {modality} this model was trained on "
+        if guess not in accepted:
+            out.append(f"{name}: its contrast looks like {guess}, not the {'/'.join(accepted)} this model accepts "
                        "(CSF, grey and white matter intensities {CSF:.2f}, {GM:.2f}, {WM:.2f}); findings may be "
                        "meaningless.".format(**m["means"]))
     if m["coverage"] < MIN_COVERAGE:

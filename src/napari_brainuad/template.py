@@ -57,6 +57,22 @@ def mni152() -> Template:
     return Template(image=image * brain, mask=brain, affine=affine, name=MNI_NAME)
 
 
+@lru_cache(maxsize=1)
+def mni152_tissue_priors() -> np.ndarray:
+    """(3, X, Y, Z) float32 CSF, grey and white matter probabilities on the model grid (MNI152 2009, 2 mm).
+
+    Grey and white matter are nilearn's bundled MNI152 tissue templates (offline, same grid as the
+    template); CSF is what the brain mask leaves: ``mask - GM - WM`` clipped to [0, 1]. Zero outside the mask.
+    """
+    from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
+
+    brain = mni152().mask.astype(np.float32)
+    gm = _crop(np.asarray(load_mni152_gm_template(resolution=2).get_fdata(dtype=np.float32))) * brain
+    wm = _crop(np.asarray(load_mni152_wm_template(resolution=2).get_fdata(dtype=np.float32))) * brain
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    return np.stack([csf, gm, wm]).astype(np.float32)
+
+
 def _crop(a: np.ndarray) -> np.ndarray:
     out = np.zeros(MNI_SHAPE, dtype=a.dtype)
     src = tuple(slice(s, min(s + n, d)) for s, n, d in zip(MNI_START, MNI_SHAPE, a.shape))

@@ -18,6 +18,8 @@ MAX_CARD_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 2 << 30
 """Largest weights or statistics file read (the bundled ones are under 10 MB)."""
 MAX_JSON_DEPTH = 32
+CONTRASTS = ("T1", "T2", "FLAIR", "PD", "DWI")
+"""Contrasts a card may name in ``contrasts`` (the scans a model accepts)."""
 
 
 def _int(low: int, high: int) -> dict:
@@ -63,6 +65,10 @@ ARCHITECTURE = {
         "decoder_num_heads": _int(1, 32),
         "masking_ratio": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
         "masks": _int(1, 64),
+        "classes": _int(3, 32),
+        "restore_channels": _ints(1, 512),
+        "refine_channels": _int(1, 256),
+        "edges": {"enum": ["sobel", "laplace"]},
         "scheduler": {
             "type": "object",
             "required": ["num_train_timesteps", "schedule"],
@@ -88,6 +94,8 @@ SCHEMA = {
         "family": {"type": "string"},
         "description": {"type": "string"},
         "modality": {"enum": ["T1", "T2", "FLAIR", "any"]},
+        "contrasts": {"type": "array", "items": {"enum": list(CONTRASTS)}, "minItems": 1,
+                      "maxItems": len(CONTRASTS), "uniqueItems": True},
         "spatial_dims": {"enum": [2, 3]},
         "template": {"type": "string"},
         "grid_shape": _ints(1, 1024, 3, 3),
@@ -155,13 +163,21 @@ class ModelCard:
         normative = self.data.get("normative")
         return None if normative is None or self.folder is None else self.folder / normative
 
+    @property
+    def accepted_contrasts(self) -> list[str]:
+        """The contrasts this model accepts: the card's ``contrasts``, else its ``modality`` (every one for ``any``)."""
+        if self.data.get("contrasts"):
+            return list(self.data["contrasts"])
+        return list(CONTRASTS) if self.modality == "any" else [self.modality]
+
     def summary(self) -> str:
-        """One line for lists and tooltips: family, modality, scoring, training data, key figures."""
+        """One line for lists and tooltips: family, accepted contrasts, scoring, training data, key figures."""
         metrics = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in self.data.get("metrics", {}).get("summary", {}).items())
         data = self.data.get("training", {}).get("data", "no training data")
         scoring = "normative scoring" if self.data.get("scoring", {}).get("normative") else "residual scoring"
-        return f"{self.family} ({self.spatial_dims}D, {self.modality}, {scoring}); trained on: {data}" + (
+        accepts = "/".join(self.accepted_contrasts)
+        return f"{self.family} ({self.spatial_dims}D, accepts {accepts}, {scoring}); trained on: {data}" + (
             f"; {metrics}" if metrics else "")
 
 

@@ -31,6 +31,8 @@ class SliceModel(AnomalyModel):
 
     family = ""
     """The card's ``family`` this class answers to."""
+    needs_mask = False
+    """True: :meth:`reconstruct_batch` also gets the slices' brain mask (``mask=``, (B, 1, H, W) float)."""
 
     def __init__(self, card: ModelCard, device: str = "cpu", network: nn.Module | None = None):
         super().__init__(card, device)
@@ -91,7 +93,12 @@ class SliceModel(AnomalyModel):
         for n, index in enumerate(batches):
             slabs = padded[:, :, index[:, None] + offsets]  # (X, Y, B, C): centre slice at channel `context`
             x = torch.from_numpy(np.ascontiguousarray(slabs.transpose(2, 3, 0, 1), dtype=np.float32)).to(self.device)
-            y = yield from scaled(self.reconstruct_batch(x, t_int, generator), n / len(batches), (n + 1) / len(batches))
+            extra = {}
+            if self.needs_mask:
+                m = mask[:, :, index].transpose(2, 0, 1)[:, None]
+                extra["mask"] = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)).to(self.device)
+            y = yield from scaled(self.reconstruct_batch(x, t_int, generator, **extra), n / len(batches),
+                                  (n + 1) / len(batches))
             out[:, :, index] = y[:, 0].clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
         return np.where(mask, out, 0.0).astype(np.float32)
 

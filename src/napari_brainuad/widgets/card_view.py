@@ -55,7 +55,7 @@ def card_line(card) -> str:
     """A few lines under the model choice: kind, healthy false positives, speed and where it was timed, licence;
     the rest is in :class:`CardDialog`."""
     scoring = "normative scoring" if card.scoring.get("normative") else "residual scoring"
-    parts = [f"{card.family}, {card.spatial_dims}D {card.modality}, {scoring}"]
+    parts = [f"{card.family}, {card.spatial_dims}D, accepts {'/'.join(card.accepted_contrasts)}, {scoring}"]
     healthy = card.metrics.get("summary", {}).get("healthy test voxels flagged")
     if healthy is not None:
         parts.append(f"healthy voxels flagged {100 * healthy:.2g}%")
@@ -70,7 +70,8 @@ def card_html(card) -> str:
     d, metrics = card.data, card.metrics
     training, calibration = d.get("training", {}), metrics.get("calibration", {})
     parts = [f"<h2>{escape(card.name)}</h2><p>{escape(d.get('description', card.family))}</p>",
-             "<h3>Input</h3>", _table({"modality": card.modality, "model": f"{card.family}, {card.spatial_dims}D",
+             "<h3>Input</h3>", _table({"contrasts accepted": ", ".join(card.accepted_contrasts),
+                                       "model": f"{card.family}, {card.spatial_dims}D",
                                        "grid": f"{card.template} {card.grid_shape} at {card.spacing_mm} mm",
                                        "normalisation": card.normalisation,
                                        "scoring": ", ".join(f"{k} {v}" for k, v in card.scoring.items()),
@@ -95,7 +96,9 @@ def card_html(card) -> str:
 
 def known_limits(card) -> list[str]:
     """Limits that follow from the card's own fields and figures."""
-    limits = [f"Trained on {card.modality} scans only; other contrasts give meaningless maps.",
+    accepted = card.accepted_contrasts
+    limits = [f"Trained on {accepted[0]} scans only; other contrasts give meaningless maps." if len(accepted) == 1 else
+              f"Accepts {', '.join(accepted)} scans; its figures per contrast are in the measured figures.",
               f"Every scan is registered to {card.template} and resampled to {card.spacing_mm} mm: findings "
               f"smaller than a few {card.spacing_mm} mm voxels are not resolved.",
               f"Knows only the healthy data it was trained on: {card.training.get('data', 'none recorded')}."]

@@ -6,6 +6,7 @@ from ..base import AnomalyModel
 from ..card import ModelError
 from ..slicewise import SliceModel
 from .ae import AutoEncoderModel
+from .anatomy import AnatomyModel
 from .dae import DenoisingModel
 from .ddpm import DDPMModel
 from .intensity import IntensityBaseline
@@ -18,7 +19,7 @@ from .vqvae_tr import VQVAETransformerModel
 
 FAMILIES: dict[str, type[AnomalyModel]] = {cls.family: cls for cls in (
     IntensityBaseline, AutoEncoderModel, VAEModel, DenoisingModel, RestorationModel, DDPMModel, VQVAEModel,
-    VQVAETransformerModel, ReversedAutoEncoderModel, MaskedAutoEncoderModel)}
+    VQVAETransformerModel, ReversedAutoEncoderModel, MaskedAutoEncoderModel, AnatomyModel)}
 """Family name (the card's ``family``) -> model class."""
 
 
