@@ -6,10 +6,14 @@ from ..base import AnomalyModel
 from ..card import ModelError
 from ..slicewise import SliceModel
 from .ae import AutoEncoderModel
+from .cldm import ConditionalLatentDiffusionModel
 from .dae import DenoisingModel
 from .ddpm import DDPMModel
 from .intensity import IntensityBaseline
+from .ldm import LatentDiffusionModel, LatentDiffusionTAvgModel
+from .ldm_ae import LatentAutoencoderModel
 from .mae import MaskedAutoEncoderModel
+from .pcldm import PseudoPathologyConditionedModel
 from .rae import ReversedAutoEncoderModel
 from .restore import RestorationModel
 from .vae import VAEModel
@@ -18,7 +22,8 @@ from .vqvae_tr import VQVAETransformerModel
 
 FAMILIES: dict[str, type[AnomalyModel]] = {cls.family: cls for cls in (
     IntensityBaseline, AutoEncoderModel, VAEModel, DenoisingModel, RestorationModel, DDPMModel, VQVAEModel,
-    VQVAETransformerModel, ReversedAutoEncoderModel, MaskedAutoEncoderModel)}
+    VQVAETransformerModel, ReversedAutoEncoderModel, MaskedAutoEncoderModel, LatentAutoencoderModel,
+    LatentDiffusionModel, LatentDiffusionTAvgModel, ConditionalLatentDiffusionModel, PseudoPathologyConditionedModel)}
 """Family name (the card's ``family``) -> model class."""
 
 
