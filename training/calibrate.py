@@ -28,7 +28,7 @@ from napari_brainuad.io import atomic_write
 from napari_brainuad.models import find_card, load_model, write_card
 from napari_brainuad.models.card import NORMATIVE_FILE
 from napari_brainuad.scoring import (NORMATIVE_FLOOR, NORMATIVE_SIGMA, ScoringConfig, calibrate_threshold,
-                                     fit_normative, midline_index, residual_map, save_normative)
+                                     fit_normative, midline_index, save_normative)
 from napari_brainuad.template import mni152
 
 from .data import cached_split
@@ -70,7 +70,7 @@ def normative_val_maps(model, val: list[list]) -> list[tuple[list, list]]:
     if len(scans) < 2:
         raise ValueError(f"model {model.name}: normative calibration needs at least two healthy val scans "
                          f"(one is left out of the statistics at a time); the caches hold {len(scans)}.")
-    residuals = [residual_map(image, recon, mask, config, device=model.device) for image, recon, mask in scans]
+    residuals = [model.residual_map(image, recon, mask, config) for image, recon, mask in scans]
     masks = [mask for _, _, mask in scans]
     midline = midline_index(mni152().affine)
     per_site, i = [], 0

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from napari_brainuad.io import atomic_write
-from napari_brainuad.models import write_card
+from napari_brainuad.models import ModelError, write_card
+from napari_brainuad.models.families import build_network
 from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import MNI_NAME, MNI_SHAPE
 
@@ -32,11 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="site caches whose val splits calibrate the threshold")
     p.add_argument("--max-flagged", type=float, default=0.005)
     p.add_argument("--device", default="auto")
+    p.add_argument("--recipe", type=Path,
+                   help="export the run's network under another recipe's card (name, family, inference and scoring "
+                        "settings), e.g. an 'ldm' run as 'ldm-tavg'; the networks must match")
 
 
 def main(args) -> int:
     recipe = json.loads((args.run / "recipe.json").read_text())
     saved = torch.load(args.run / CHECKPOINT, map_location="cpu", weights_only=True)
+    trained_as = None
+    if getattr(args, "recipe", None):
+        trained_as, recipe = recipe, as_recipe(recipe, json.loads(Path(args.recipe).read_text()), saved["network"])
     folder = args.to or bundled_folder() / recipe["name"]
     folder.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, recipe.get("weights_dtype", "float32"))  # float16 halves large files
@@ -59,10 +66,28 @@ def main(args) -> int:
                      "parameters": int(sum(v.numel() for v in tensors.values())), "weights_dtype": str(dtype)[6:]},
         "metrics": {},
     }
+    if trained_as is not None:
+        card["training"]["trained_as"] = (f"{trained_as['name']} ({trained_as['family']}): the network of that run, "
+                                          f"exported under this recipe's card without training of its own")
+        card["training"]["command"] = card["training"]["command"].replace(
+            f"recipes/{recipe['name']}.json", f"recipes/{trained_as['name']}.json").replace(
+            f"runs/{recipe['name']}", f"runs/{trained_as['name']}")
     write_card(folder, card)
     calibrate_folder(folder, args.cache, args.max_flagged, args.device)
     print(f"exported {recipe['name']} -> {folder}")
     return 0
+
+
+def as_recipe(trained: dict, other: dict, state: dict) -> dict:
+    """``other`` (a recipe whose family reuses the trained network) with the trained run's training
+    settings; :class:`ModelError` unless the run's weights load into ``other``'s network."""
+    network = build_network(other["family"], other["architecture"])
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise ModelError(f"recipe {other['name']}: its '{other['family']}' network does not match the run's "
+                         f"'{trained['family']}' weights.") from None
+    return {**other, "training": dict(trained["training"])}
 
 
 def training_data(sites: list[str], scans: dict[str, int]) -> str:

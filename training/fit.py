@@ -82,10 +82,12 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     torch.manual_seed(cfg["seed"])
     family = learned_family(recipe["family"])
     network = family.build_network(recipe["architecture"])
-    family.init_training(network, recipe)
+    family.init_training(network, recipe, data)
     network = network.to(device)
     optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=cfg["lr"])
     loss_fn = family.objective(recipe, device)
+    parallel = (lambda m: torch.nn.parallel.DistributedDataParallel(m)) if world > 1 else (lambda m: m)
+    trainer = family.train_step(recipe, device, parallel)  # a family's own step (e.g. a GAN's two optimizers)
     step, seconds = 0, 0.0
     ckpt = out / CHECKPOINT
     if rank == 0 and out.exists():
@@ -94,12 +96,14 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
         saved = torch.load(ckpt, map_location=device, weights_only=True)
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
+        if trainer is not None:
+            trainer.load_state_dict(saved["train_step"])
         step, seconds = int(saved["step"]), float(saved["seconds"])
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
         (out / "loss.csv").write_text("step,loss,seconds\n")
-    model = torch.nn.parallel.DistributedDataParallel(network) if world > 1 else network
+    model = parallel(network)
     model.train()
     total = cfg["steps"]
     every = cfg.get("checkpoint_minutes", 3) * 60
@@ -115,30 +119,35 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
         batch = data.batch(cfg["batch_size"], generator, augment=cfg.get("augment", True),
                            robust=cfg.get("robust", False), context=recipe["architecture"].get("context", 0),
                            pseudo_prob=cfg.get("pseudo_prob", 0.0)).to(device)
-        loss_value = loss_fn(model, batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss_value.backward()
-        if cfg.get("grad_clip"):  # bounds the step a rare extreme batch can take
-            torch.nn.utils.clip_grad_norm_(network.parameters(), cfg["grad_clip"])
-        optimizer.step()
+        if trainer is not None:
+            loss_value = trainer(model, batch, generator, optimizer, step)
+        else:
+            loss_value = loss_fn(model, batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss_value.backward()
+            if cfg.get("grad_clip"):  # bounds the step a rare extreme batch can take
+                torch.nn.utils.clip_grad_norm_(network.parameters(), cfg["grad_clip"])
+            optimizer.step()
         step += 1
         loss = float(loss_value.detach())
         log.append((step, loss, time.perf_counter() - start))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if rank == 0 and (time.perf_counter() - last_save > every or step % every_steps == 0 or step == total):
-            _save(ckpt, network, optimizer, step, time.perf_counter() - start, log, out, data.n_volumes)
+            _save(ckpt, network, optimizer, step, time.perf_counter() - start, log, out, data.n_volumes, trainer)
             last_save, log = time.perf_counter(), []
     bar.close()
     return {"step": step, "loss": loss, "seconds": time.perf_counter() - start}
 
 
 def _save(path: Path, network, optimizer, step: int, seconds: float, log: list, out: Path,
-          train_scans: dict) -> None:
+          train_scans: dict, trainer=None) -> None:
     """Checkpoint atomically, then append the loss log (the log never runs ahead of the checkpoint)."""
     state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "seconds": seconds,
              "train_scans": train_scans,
              "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}"}
+    if trainer is not None:  # a family's training-only modules and optimizers (e.g. a discriminator)
+        state["train_step"] = trainer.state_dict()
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     with open(out / "loss.csv", "a", newline="") as f:
         csv.writer(f).writerows((s, f"{l:.6f}", f"{t:.1f}") for s, l, t in log)

@@ -84,7 +84,14 @@ def anomaly_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
     ``normative`` holds the healthy residual statistics that ``config.normative`` needs (same
     grid as the images); without it that switch raises ``ValueError``.
     """
-    score = residual_map(image, reconstruction, mask, config, device=device)
+    return score_residual(residual_map(image, reconstruction, mask, config, device=device), mask, config,
+                          normative=normative)
+
+
+def score_residual(score: np.ndarray, mask: np.ndarray, config: ScoringConfig = ScoringConfig(), *,
+                   normative: NormativeStats | None = None) -> np.ndarray:
+    """The steps of :func:`anomaly_map` after the residual (:func:`residual_map`): normative score,
+    eroded brain mask, min-max, median filter."""
     if config.normative:
         if normative is None:
             raise ValueError("normative scoring is switched on but no normative statistics were given "

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..progress import Steps, run
-from ..scoring import NormativeStats, ScoringConfig, anomaly_map, load_normative
+from ..scoring import NormativeStats, ScoringConfig, load_normative, residual_map, score_residual
 from .card import ModelCard, ModelError
 
 
@@ -57,4 +57,11 @@ class AnomalyModel(ABC):
         if config.normative and normative is None:
             raise ModelError(f"model {self.name}: normative scoring needs the healthy statistics file its card names "
                              "in 'normative'; run 'python -m training calibrate' on it.")
-        return anomaly_map(image, reconstruction, mask, config, normative=normative, device=self.device)
+        return score_residual(self.residual_map(image, reconstruction, mask, config), mask, config,
+                              normative=normative)
+
+    def residual_map(self, image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
+                     config: ScoringConfig) -> np.ndarray:
+        """The residual step of the anomaly map (shift-tolerant, LPIPS-weighted as ``config`` says), before
+        normative scoring, min-max and filtering; normative statistics are fitted on this."""
+        return residual_map(image, reconstruction, mask, config, device=self.device)

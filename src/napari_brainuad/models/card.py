@@ -30,6 +30,9 @@ def _ints(low: int, high: int, min_items: int = 1, max_items: int = 8) -> dict:
     return {"type": "array", "items": _int(low, high), "minItems": min_items, "maxItems": max_items}
 
 
+DIFFUSION_FAMILIES = ("ddpm", "ldm", "ldm-tavg", "cldm", "pcldm")
+"""Families whose cards must give ``t_int`` and a ``scheduler``."""
+
 ARCHITECTURE = {
     "type": "object",
     "additionalProperties": False,
@@ -69,6 +72,13 @@ ARCHITECTURE = {
         "restore_channels": _ints(1, 512),
         "refine_channels": _int(1, 256),
         "edges": {"enum": ["sobel", "laplace"]},
+        "ae_channels": _ints(1, 512, 1, 6),
+        "ae_num_res_blocks": _int(1, 4),
+        "ae_norm_groups": _int(1, 512),
+        "ae_attention": {"type": "boolean"},
+        "latent_channels": _int(1, 64),
+        "cond_dim": _int(1, 1024),
+        "t_avg": _int(1, 16),
         "scheduler": {
             "type": "object",
             "required": ["num_train_timesteps", "schedule"],
@@ -125,7 +135,7 @@ SCHEMA = {
         "training": {"type": "object"},
         "metrics": {"type": "object"},
     },
-    "if": {"properties": {"family": {"const": "ddpm"}}},
+    "if": {"properties": {"family": {"enum": list(DIFFUSION_FAMILIES)}}},
     "then": {"required": ["t_int"], "properties": {"t_int": {"type": "object"},
                                                    "architecture": {"required": ["scheduler"]}}},
 }

@@ -26,6 +26,28 @@ Objective = Callable[[nn.Module, object, torch.Generator], torch.Tensor]
 ``mask``, ``lesion``) to a scalar loss; all randomness from ``generator``."""
 
 
+class TrainStep:
+    """One training step of a family that keeps training-only modules and optimizers of its own.
+
+    fit calls it instead of its default step with the network (as trained: wrapped for data
+    parallelism), the batch, the step's generator (all randomness from it), fit's optimizer over the
+    network's trainable parameters (its learning rate set by fit) and the step number; it backpropagates
+    and steps every optimizer itself and returns the network's loss for the log. Its :meth:`state_dict`
+    goes into fit's checkpoints and comes back through :meth:`load_state_dict` on ``--resume``, so a
+    resumed run replays the same steps.
+    """
+
+    def __call__(self, model: nn.Module, batch, generator: torch.Generator, optimizer: torch.optim.Optimizer,
+                 step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
 class SliceModel(AnomalyModel):
     """A 2D network applied to every axial slice that holds brain, in batches."""
 
@@ -51,8 +73,17 @@ class SliceModel(AnomalyModel):
         raise NotImplementedError
 
     @classmethod
-    def init_training(cls, network: nn.Module, recipe: dict) -> None:
-        """Prepare a fresh network before training (a two-stage family loads and freezes its first stage)."""
+    def init_training(cls, network: nn.Module, recipe: dict, data=None) -> None:
+        """Prepare a fresh network before training (a two-stage family loads and freezes its first stage;
+        ``data``, the training slices, when a family derives a constant from them). A resumed run then
+        loads its checkpoint over whatever this set."""
+
+    @staticmethod
+    def train_step(recipe: dict, device, wrap: Callable[[nn.Module], nn.Module]) -> "TrainStep | None":
+        """A family's own optimisation step, for objectives that one optimizer over the network cannot
+        drive (an autoencoder with its adversarial discriminator); None: fit's single-optimizer step
+        on :meth:`objective`. ``wrap`` is what fit does to a trained module (data parallel under torchrun)."""
+        return None
 
     @classmethod
     def build_network(cls, arch: dict) -> nn.Module:

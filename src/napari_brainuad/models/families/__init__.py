@@ -7,10 +7,14 @@ from ..card import ModelError
 from ..slicewise import SliceModel
 from .ae import AutoEncoderModel
 from .anatomy import AnatomyModel
+from .cldm import ConditionalLatentDiffusionModel
 from .dae import DenoisingModel
 from .ddpm import DDPMModel
 from .intensity import IntensityBaseline
+from .ldm import LatentDiffusionModel, LatentDiffusionTAvgModel
+from .ldm_ae import LatentAutoencoderModel
 from .mae import MaskedAutoEncoderModel
+from .pcldm import PseudoPathologyConditionedModel
 from .rae import ReversedAutoEncoderModel
 from .restore import RestorationModel
 from .vae import VAEModel
@@ -19,7 +23,8 @@ from .vqvae_tr import VQVAETransformerModel
 
 FAMILIES: dict[str, type[AnomalyModel]] = {cls.family: cls for cls in (
     IntensityBaseline, AutoEncoderModel, VAEModel, DenoisingModel, RestorationModel, DDPMModel, VQVAEModel,
-    VQVAETransformerModel, ReversedAutoEncoderModel, MaskedAutoEncoderModel, AnatomyModel)}
+    VQVAETransformerModel, ReversedAutoEncoderModel, MaskedAutoEncoderModel, AnatomyModel, LatentAutoencoderModel,
+    LatentDiffusionModel, LatentDiffusionTAvgModel, ConditionalLatentDiffusionModel, PseudoPathologyConditionedModel)}
 """Family name (the card's ``family``) -> model class."""
 
 

@@ -83,7 +83,7 @@ class VQVAETransformerModel(SliceModel):
         return VQVAETransformer(arch)
 
     @classmethod
-    def init_training(cls, network, recipe):
+    def init_training(cls, network, recipe, data=None):
         """Load the trained ``vqvae`` model folder the recipe names (``training.vqvae``) and freeze it."""
         folder = Path(recipe["training"]["vqvae"])
         card = read_card(folder)
