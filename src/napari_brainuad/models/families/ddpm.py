@@ -10,6 +10,18 @@ from ...progress import Step
 from ..slicewise import SliceModel
 
 
+def ddim_scheduler(card):
+    """The card's DDIM scheduler with timesteps every ``t_int.steps``, and that stride."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    sched = card.architecture["scheduler"]
+    scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], schedule=sched["schedule"],
+                              clip_sample=False, **sched.get("schedule_args", {}))
+    stride = int(card.t_int.get("steps", 25))
+    scheduler.set_timesteps(sched["num_train_timesteps"] // stride)
+    return scheduler, stride
+
+
 class DDPMModel(SliceModel):
     family = "ddpm"
 
@@ -18,13 +30,7 @@ class DDPMModel(SliceModel):
 
     def __init__(self, card, device="cpu", network=None):
         super().__init__(card, device, network)
-        from monai.networks.schedulers import DDIMScheduler
-
-        sched = card.architecture["scheduler"]
-        self.scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], schedule=sched["schedule"],
-                                       clip_sample=False, **sched.get("schedule_args", {}))
-        self.stride = int(card.t_int.get("steps", 25))
-        self.scheduler.set_timesteps(sched["num_train_timesteps"] // self.stride)
+        self.scheduler, self.stride = ddim_scheduler(card)
 
     @staticmethod
     def make_network(arch, channels_in):

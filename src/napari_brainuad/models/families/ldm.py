@@ -30,6 +30,7 @@ from ...progress import Step, scaled
 from ...scoring import residual_map
 from ..card import ModelError, read_card
 from ..slicewise import SliceModel
+from .ddpm import ddim_scheduler
 from .ldm_ae import AE_KEYS, LatentAutoencoderModel, autoencoder_kl, latent_shape
 from .vqvae import single_slice
 
@@ -108,13 +109,7 @@ class LatentDiffusionModel(SliceModel):
 
     def __init__(self, card, device="cpu", network=None):
         super().__init__(card, device, network)
-        from monai.networks.schedulers import DDIMScheduler
-
-        sched = card.architecture["scheduler"]
-        self.scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], schedule=sched["schedule"],
-                                       clip_sample=False, **sched.get("schedule_args", {}))
-        self.stride = int(card.t_int.get("steps", 25))
-        self.scheduler.set_timesteps(sched["num_train_timesteps"] // self.stride)
+        self.scheduler, self.stride = ddim_scheduler(card)
 
     @classmethod
     def make_network(cls, arch, channels_in):
