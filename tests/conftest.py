@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from napari_brainuad.models import ModelError, load_model
 from napari_brainuad.template import mni152
 
 LESION_CENTRE_MM = np.array([28.0, -16.0, 42.0])
@@ -66,3 +68,15 @@ def phantom_path(tmp_path):
     path.parent.mkdir()
     nib.save(phantom_scan(), path)
     return path
+
+
+def assert_hostile_card_refused(data: dict, change: dict, message: str, folder: Path) -> None:
+    """A card whose ``architecture`` gets ``change`` (None deletes a key) is refused on loading with one
+    sentence matching ``message``."""
+    data["architecture"].update(change)
+    data["architecture"] = {k: v for k, v in data["architecture"].items() if v is not None}
+    data["weights"] = "weights.safetensors"
+    (folder / "card.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=message) as error:
+        load_model(folder, "cpu")
+    assert "\n" not in str(error.value) and str(error.value).endswith(".")

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import healthy_cache, phantom_scan
+from conftest import assert_hostile_card_refused, healthy_cache, phantom_scan
 from napari_brainuad.cli import main as cli
-from napari_brainuad.models import ModelError, load_model, validate_card
+from napari_brainuad.models import load_model, validate_card
 from napari_brainuad.models.families import learned_family
 from napari_brainuad.models.families.mae import MaskedAutoEncoderModel, inference_masks
 from napari_brainuad.models.families.vqvae_tr import VQVAETransformer, resample_unlikely
@@ -70,14 +70,7 @@ def test_family_builds_from_a_card_and_reconstructs_every_brain_slice(family):
     ("mae", {"decoder_num_layers": 1000}, "decoder_num_layers"),
 ])
 def test_hostile_architecture_numbers_are_one_model_error(family, change, message, tmp_path):
-    data = card(family)
-    data["architecture"].update(change)
-    data["architecture"] = {k: v for k, v in data["architecture"].items() if v is not None}
-    data["weights"] = "weights.safetensors"
-    (tmp_path / "card.json").write_text(json.dumps(data))
-    with pytest.raises(ModelError, match=message) as error:
-        load_model(tmp_path, "cpu")
-    assert "\n" not in str(error.value) and str(error.value).endswith(".")
+    assert_hostile_card_refused(card(family), change, message, tmp_path)
 
 
 class NextCode(torch.nn.Module):

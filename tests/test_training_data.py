@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import healthy_cache
-from napari_brainuad.models.slicewise import SliceModel
+from napari_brainuad.models.families.restore import RestorationModel
 from napari_brainuad.models.card import validate_card
 from napari_brainuad.template import mni152
 from training.augment import acquisition, appearance
@@ -91,7 +91,7 @@ def test_slice_model_feeds_neighbouring_slices_as_channels():
                           "template": tpl.name, "grid_shape": list(tpl.shape), "spacing_mm": 2.0,
                           "normalisation": "x", "architecture": {"context": 1}, "scoring": {}, "threshold": 0.1,
                           "training": {}, "metrics": {}})
-    model = SliceModel(card, "cpu", network=Pick())
+    model = RestorationModel(card, "cpu", network=Pick())
     image = tpl.image.astype(np.float32)
     out = model.reconstruct(image, tpl.mask)
     slices = np.flatnonzero(tpl.mask.any(axis=(0, 1)))[:-1]

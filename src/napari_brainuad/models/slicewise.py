@@ -9,6 +9,8 @@ extra input channels (zeros beyond the grid).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from typing import Callable
 
 import numpy as np
@@ -26,7 +28,7 @@ Objective = Callable[[nn.Module, object, torch.Generator], torch.Tensor]
 ``mask``, ``lesion``) to a scalar loss; all randomness from ``generator``."""
 
 
-class TrainStep:
+class TrainStep(ABC):
     """One training step of a family that keeps training-only modules and optimizers of its own.
 
     fit calls it instead of its default step with the network (as trained: wrapped for data
@@ -37,15 +39,18 @@ class TrainStep:
     resumed run replays the same steps.
     """
 
+    @abstractmethod
     def __call__(self, model: nn.Module, batch, generator: torch.Generator, optimizer: torch.optim.Optimizer,
                  step: int) -> torch.Tensor:
-        raise NotImplementedError
+        """Backpropagate and step every optimizer; the network's loss."""
 
+    @abstractmethod
     def state_dict(self) -> dict:
-        raise NotImplementedError
+        """What a checkpoint keeps of this step (its modules and optimizers)."""
 
+    @abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        """Restore :meth:`state_dict` on ``--resume``."""
 
 
 class SliceModel(AnomalyModel):
@@ -63,14 +68,14 @@ class SliceModel(AnomalyModel):
         self.context = int(card.architecture.get("context", 0))
 
     @staticmethod
+    @abstractmethod
     def make_network(arch: dict, channels_in: int) -> nn.Module:
         """The untrained network of a card's ``architecture`` (``channels_in``: the slice and its context)."""
-        raise NotImplementedError
 
     @staticmethod
+    @abstractmethod
     def objective(recipe: dict, device) -> Objective:
         """The training loss of a recipe (``training/recipes/*.json``)."""
-        raise NotImplementedError
 
     @classmethod
     def init_training(cls, network: nn.Module, recipe: dict, data=None) -> None:
