@@ -14,7 +14,7 @@ from napari_brainuad.models import load_model
 from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import mni152
 from training.__main__ import main as training_main
-from training.cases import LESION_CASES, Case, Dataset, cached_cases, fluid_cases, shape_cases
+from training.cases import CONTRAST_LESION_CASES, LESION_CASES, Case, Dataset, cached_cases, fluid_cases, shape_cases
 from training.evaluate import (BASELINE, beats_baseline, best_model_verdict, evaluate_dataset, flagged_ml,
                                rescan_agreement, rescan_summary)
 
@@ -38,7 +38,14 @@ def write_site(cache, rows: list[tuple[str, str, str, Case | None]]) -> None:
         for subject, file, split, case in rows:
             writer.writerow({"subject": subject, "file": file, "split": split})
             if case is not None:
-                np.savez_compressed(cache / f"{file.split('.')[0]}.npz", image=case.image, mask=case.mask)
+                np.savez_compressed(cache / f"{file.split('.')[0]}.npz", image=case.image, mask=case.mask,
+                                    **tissue_labels(case))
+
+
+def tissue_labels(case: Case) -> dict[str, np.ndarray]:
+    """Label maps of a phantom brain from its intensity: tissues 1 CSF, 2 GM, 3 WM, and labels as tissues."""
+    tissues = np.where(case.mask, np.digitize(case.image, [0.35, 0.65]) + 1, 0).astype(np.uint8)
+    return {"labels": tissues.astype(np.int16), "tissues": tissues}
 
 
 def test_synthetic_datasets_are_deterministic_by_seed():
@@ -149,7 +156,7 @@ def fake_layout(tmp_path):
         "id,oasis_subject,sex,age,scan,split\n1003,OAS1_0101,M,29,first of a rescan pair,test\n"
         "1023,OAS1_0101,M,29,second of a rescan pair,test\n1004,OAS1_0111,M,23,first of a rescan pair,test\n"
         "1024,OAS1_0111,M,23,second of a rescan pair,train\n")
-    for image, truth, brain in LESION_CASES.values():
+    for image, truth, brain in [*LESION_CASES.values(), *CONTRAST_LESION_CASES.values()]:
         scan = phantom_scan(step=2)
         lesion = nib.Nifti1Image((scan.get_fdata() == 50).astype(np.uint8), scan.affine)
         brain_mask = nib.Nifti1Image((scan.get_fdata() > 0).astype(np.uint8), scan.affine)
@@ -162,6 +169,8 @@ def fake_layout(tmp_path):
 
 DATASETS = ["IXI healthy", "OASIS healthy", "OASIS rescans", "IXI + shapes", "IXI + fluid", "OASIS + fluid",
             "MSLUB-26 T1", "BraTS T1c"]
+CONTRAST_DATASETS = ["OASIS T1-like + fluid", "OASIS T2-like + fluid", "OASIS FLAIR-like + fluid", "MSLUB-26 FLAIR",
+                     "MSLUB-26 T2", "BraTS FLAIR"]
 
 
 def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
@@ -176,12 +185,19 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
             "--per-scan", "2", "--no-card-update", "--threads", "1"]
     assert training_main(args) == 0
     report = (out / "RESULTS.md").read_text()
-    for name in DATASETS + ["Real cases, per case"]:
+    for name in DATASETS + CONTRAST_DATASETS + ["Real cases, per case", "Other contrasts",
+                                                 "The architectures seed's Table 2 (Malé et al.)",
+                                                 "The conditional-diffusion seed's Table 1 (Lawry Aguila et al.)"]:
         assert f"## {name}" in report
     assert report.index("## Targets") < report.index("## IXI healthy") and f"--cache {cache}" in report
     with open(out / "results.csv", newline="") as f:
-        rows = {r["dataset"]: r for r in csv.DictReader(f)}
-    assert list(rows) == DATASETS
+        table = list(csv.DictReader(f))
+    rows = {r["dataset"]: r for r in table if r["model"] == "intensity-t1"}
+    assert list(rows) == DATASETS + CONTRAST_DATASETS  # the baseline is scored on every contrast
+    bright = {r["dataset"]: r for r in table if r["model"] == "intensity-bright"}
+    assert list(bright) == CONTRAST_DATASETS  # the bright baseline on the other contrasts only
+    assert float(bright["OASIS FLAIR-like + fluid"]["AP"]) > float(rows["OASIS FLAIR-like + fluid"]["AP"])
+    assert float(rows["OASIS T1-like + fluid"]["AP"]) > float(bright["OASIS T1-like + fluid"]["AP"])
     assert float(rows["MSLUB-26 T1"]["AP"]) > 0.3  # the dark phantom lesion
     assert rows["OASIS healthy"]["volumes"] == "3" and rows["OASIS + fluid"]["volumes"] == "3"
     assert rows["OASIS rescans"]["volumes"] == "1" and 0 <= float(rows["OASIS rescans"]["rescan Dice"]) <= 1

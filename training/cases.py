@@ -30,6 +30,16 @@ LESION_CASES = {  # name: (image, lesion mask, brain mask or None)
 }
 """Real development cases in ``../shared/data``: MS lesions on T1 and gliomas (whole tumour) on T1c."""
 
+CONTRAST_LESION_CASES = {  # name: (image, lesion mask, brain mask or None), contrasts other than T1
+    "MSLUB-26 FLAIR": ("mslub/patient26/FLAIR.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
+    "MSLUB-26 T2": ("mslub/patient26/T2.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
+    "BraTS-01 FLAIR": ("brats2013/pat0001/Flair_subtrMeanDivStd.nii.gz", "brats2013/pat0001/OTMultiClass.nii.gz",
+                       "brats2013/pat0001/brainmask.nii.gz"),
+    "BraTS-02 FLAIR": ("brats2013/pat0002/Flair_subtrMeanDivStd.nii.gz", "brats2013/pat0002/OTMultiClass.nii.gz",
+                       "brats2013/pat0002/brainmask.nii.gz"),
+}
+"""The same patients on FLAIR and T2, where MS lesions and tumour oedema are bright (issue 14's cases)."""
+
 
 @dataclass
 class Case:
@@ -89,10 +99,10 @@ def rescan_pairs(participants: Path, names: list[str]) -> list[tuple[str, str]]:
     return sorted((first[s], second[s]) for s in first.keys() & second.keys())
 
 
-def lesion_cases(data: Path) -> list[Case]:
-    """The real lesion cases, preprocessed; lesion masks resampled to the grid (nearest neighbour)."""
+def lesion_cases(data: Path, table: dict[str, tuple] = LESION_CASES) -> list[Case]:
+    """The real lesion cases of ``table``, preprocessed; lesion masks resampled to the grid (nearest neighbour)."""
     cases = []
-    for name, (image, truth, brain) in tqdm(LESION_CASES.items(), desc="preprocess lesion cases"):
+    for name, (image, truth, brain) in tqdm(table.items(), desc="preprocess lesion cases"):
         volume = read_volume(data / image)
         pre = preprocess(volume, brain_mask=read_volume(data / brain).data > 0 if brain else None)
         lesion = pre.to_template((read_volume(data / truth).data > 0).astype(np.float32), "nearest") > 0.5
@@ -213,6 +223,21 @@ def contrast_cases(cache: Path, per_scan: int = 1, seed: int = 0, contrasts: tup
                     f"{name} contrast (synthetic, training/synth.py), {per_scan} fluid-driven anomal"
                     f"{'y' if per_scan == 1 else 'ies'} per scan of that contrast's lesion intensity; the same "
                     "lesions in every contrast.", cases) for name, cases in out.items()]
+
+
+def build_contrast_datasets(data: Path, cache: Path, per_scan: int = 1, seed: int = 0) -> dict[str, Dataset]:
+    """Datasets in contrasts other than T1, by name: OASIS ``test`` rendered from its labels in each contrast
+    family with fluid-driven anomalies (:func:`contrast_cases`), and the real FLAIR and T2 cases."""
+    real = lesion_cases(data, CONTRAST_LESION_CASES)
+    by_name = {c.name: c for c in real}
+    return {d.name: d for d in [
+        *contrast_cases(Path(cache) / "oasis", per_scan, seed),
+        Dataset("MSLUB-26 FLAIR", "MSLUB patient26 FLAIR: multiple sclerosis lesions (bright), consensus mask.",
+                [by_name["MSLUB-26 FLAIR"]]),
+        Dataset("MSLUB-26 T2", "MSLUB patient26 T2: the same lesions on T2 (bright).", [by_name["MSLUB-26 T2"]]),
+        Dataset("BraTS FLAIR", "BraTS 2013 pat0001-0002 FLAIR: glioma, whole tumour (oedema bright).",
+                [by_name["BraTS-01 FLAIR"], by_name["BraTS-02 FLAIR"]]),
+    ]}
 
 
 def _labels_by_name(cache: Path, name: str) -> dict:

@@ -27,12 +27,14 @@ from napari_brainuad.io import atomic_write, read_volume
 from napari_brainuad.metrics import (auroc, average_precision, best_dice, dice, false_positive_rate,
                                      precision_recall)
 from napari_brainuad.models import find_card, load_model, model_names, write_card
+from napari_brainuad.models.card import ModelCard
+from napari_brainuad.models.families import FAMILIES
 from napari_brainuad.pipeline import detect, write_csv
 from napari_brainuad.scoring import ScoringConfig
 from napari_brainuad.template import mni152
 
-from . import figures
-from .cases import LESION_CASES, Dataset, build_datasets
+from . import figures, seed_tables
+from .cases import LESION_CASES, Dataset, build_contrast_datasets, build_datasets
 from .data import SITES
 
 RESCANS = "OASIS rescans"
@@ -41,9 +43,11 @@ BASELINE = "intensity-t1"
 TARGET_PERCENT, TARGET_ML = 0.5, 5.0
 """Targets for the median share (%) and volume (ml) of a healthy brain flagged per scan."""
 AGREEMENT = ["rescan Dice", "flagged 1 in 2", "flagged 2 in 1"]
-VOLUME_COLUMNS = ["dataset", "case", "model", "lesion voxels", "AP", "AUROC", "best Dice", "Dice@thr", "FPR@thr",
+VOLUME_COLUMNS = ["dataset", "case", "model", "lesion voxels", "AP", "AUROC", "best Dice", "FPR@best", "Dice@thr",
+                  "FPR@thr",
                   "flagged %", "flagged ml", "SSIM", "MAE", *AGREEMENT, "seconds"]
-SUMMARY_COLUMNS = ["dataset", "model", "volumes", "AP", "AUROC", "best Dice", "mean best Dice", "Dice@thr", "FPR@thr",
+SUMMARY_COLUMNS = ["dataset", "model", "volumes", "AP", "AUROC", "best Dice", "mean best Dice", "FPR@best", "Dice@thr",
+                   "FPR@thr",
                    "median flagged %", "median flagged ml", "max flagged ml", "SSIM", "MAE", *AGREEMENT,
                    "pairs both empty", "seconds"]
 HEALTHY_KEYS = ["SSIM", "MAE", "FPR@thr", "median flagged %", "median flagged ml", "max flagged ml", "seconds"]
@@ -58,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks"))
     p.add_argument("--per-scan", type=int, default=4, help="synthetic anomalies per healthy IXI test scan")
     p.add_argument("--oasis-per-scan", type=int, default=1, help="fluid-driven anomalies per healthy OASIS test scan")
+    p.add_argument("--contrast-per-scan", type=int, default=1,
+                   help="fluid-driven anomalies per OASIS test scan rendered in each other contrast (0: no contrasts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
@@ -117,8 +123,9 @@ def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
             row.update({"SSIM": float(ssim(*pair)), "MAE": float(np.abs(recon - case.image)[case.mask].mean()),
                         "flagged %": 100.0 * float(flagged.mean()), "flagged ml": flagged_ml(flagged, mni152().affine)})
         else:
-            row.update({"AP": average_precision(s, t), "AUROC": auroc(s, t), "best Dice": best_dice(s, t)[0],
-                        "Dice@thr": dice(flagged, t)})
+            best, at = best_dice(s, t)
+            row.update({"AP": average_precision(s, t), "AUROC": auroc(s, t), "best Dice": best,
+                        "FPR@best": false_positive_rate(s >= at, t), "Dice@thr": dice(flagged, t)})
         if dataset.pairs:
             kept[case.name] = (score >= card.threshold) & case.mask
         rows.append(row)
@@ -138,7 +145,7 @@ def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
 def _summary(dataset: Dataset, model: str, rows: list[dict], s: np.ndarray, t: np.ndarray) -> dict:
     """A dataset's summary row from its per-volume rows and its pooled scores ``s`` and truth ``t``."""
     summary = {"dataset": dataset.name, "model": model, "volumes": len(rows)}
-    for key in ("SSIM", "MAE", "FPR@thr", "Dice@thr", "seconds"):
+    for key in ("SSIM", "MAE", "FPR@thr", "FPR@best", "Dice@thr", "seconds"):
         if key in rows[0]:
             summary[key] = float(np.mean([r[key] for r in rows]))
     if dataset.healthy:
@@ -169,10 +176,14 @@ def evaluate_model(model, datasets: dict[str, Dataset]) -> tuple[list[dict], lis
 def main(args) -> int:
     torch.set_num_threads(args.threads)
     datasets = build_datasets(args.data, args.cache, args.per_scan, args.seed, args.oasis_per_scan)
-    summaries, volumes, plots, speed = [], [], {}, {}
+    contrasts = build_contrast_datasets(args.data, args.cache, args.contrast_per_scan, args.seed) \
+        if args.contrast_per_scan else {}
+    summaries, volumes, plots, speed, families = [], [], {}, {}, {}
     for name in args.models or model_names():
         model = load_model(name, args.device)
-        model_summaries, model_volumes, plots[model.card.name] = evaluate_model(model, datasets)
+        families[model.card.name] = model.card.family
+        other = contrasts if set(model.card.accepted_contrasts) - {"T1"} or model.card.family == "intensity" else {}
+        model_summaries, model_volumes, plots[model.card.name] = evaluate_model(model, {**datasets, **other})
         start = time.perf_counter()
         detect(read_volume(args.data / LESION_CASES["MSLUB-26"][0]), model)
         speed[model.card.name] = time.perf_counter() - start
@@ -180,16 +191,30 @@ def main(args) -> int:
         volumes += model_volumes
         if not args.no_card_update:
             _update_card(name, model_summaries, speed[model.card.name], args)
-    write_figures(datasets, plots, args.out / "figures")
-    write_report(datasets, summaries, volumes, speed, args)
+    if contrasts:  # the intensity baseline for bright lesions, scored on the other contrasts only
+        bright = bright_baseline()
+        families[bright.card.name] = bright.card.family
+        bright_summaries, bright_volumes, plots[bright.card.name] = evaluate_model(bright, contrasts)
+        summaries += bright_summaries
+        volumes += bright_volumes
+    write_figures({**datasets, **contrasts}, plots, args.out / "figures")
+    write_report(datasets, contrasts, summaries, volumes, speed, families, args)
     return 0
+
+
+def bright_baseline(device: str = "cpu"):
+    """The bundled intensity baseline with its polarity turned to bright lesions (T2, FLAIR, DWI), named
+    ``intensity-bright``; its threshold is the T1 card's and is not reported."""
+    card = find_card(BASELINE)
+    data = {**card.data, "name": "intensity-bright", "architecture": {**card.architecture, "polarity": "bright"}}
+    return FAMILIES["intensity"](ModelCard(data, card.folder), device)
 
 
 def write_figures(datasets: dict[str, Dataset], plots: dict, folder: Path) -> None:
     """Synthetic examples, a figure per dataset, one of the first rescan pair; ``plots``: model -> dataset -> ..."""
     figures.synthetic_examples(folder / "synthetic-examples.png", _examples(datasets))
     for dataset in datasets.values():
-        material = {m: p[dataset.name] for m, p in plots.items()}
+        material = {m: p[dataset.name] for m, p in plots.items() if dataset.name in p}
         figures.dataset_figure(folder / f"{_slug(dataset.name)}.png", dataset.name, dataset.cases[0],
                                {m: p["panel"] for m, p in material.items()},
                                {m: p["curve"] for m, p in material.items()})
@@ -221,7 +246,8 @@ def _rounded(row: dict) -> dict:
 def _command(args) -> str:
     models = f" --models {' '.join(map(str, args.models))}" if args.models else ""
     return (f"python -m training evaluate{models} --data {args.data} --cache {args.cache} --per-scan {args.per_scan} "
-            f"--oasis-per-scan {args.oasis_per_scan} --seed {args.seed} --threads {args.threads}")
+            f"--oasis-per-scan {args.oasis_per_scan} --contrast-per-scan {args.contrast_per_scan} --seed {args.seed} "
+            f"--threads {args.threads}")
 
 
 def _update_card(name: str, summaries: list[dict], detect_seconds: float, args) -> None:
@@ -238,6 +264,9 @@ def _update_card(name: str, summaries: list[dict], detect_seconds: float, args) 
                           "OASIS synthetic fluid AP": by_name["OASIS + fluid"]["AP"],
                           "BraTS T1c AP": by_name["BraTS T1c"]["AP"],
                           "seconds/volume (CPU)": detect_seconds}
+    for dataset in ("MSLUB-26 FLAIR", "BraTS FLAIR"):
+        if dataset in by_name:
+            metrics["summary"][f"{dataset} AP"] = by_name[dataset]["AP"]
     data["metrics"] = metrics
     write_card(card.folder, data)
 
@@ -291,7 +320,7 @@ def best_model_verdict(real: dict, models: list[str]) -> str:
 def _targets(summaries: list[dict], real: dict) -> list[str]:
     """The Targets section: healthy flagged volume, AP off the training scanner, real cases against the baseline."""
     by = {(r["dataset"], r["model"]): r for r in summaries}
-    models = list(dict.fromkeys(r["model"] for r in summaries))
+    models = [m for m in dict.fromkeys(r["model"] for r in summaries) if ("IXI healthy", m) in by]
     sites = ("IXI healthy", "OASIS healthy")
 
     def meets(m: str) -> str:
@@ -371,7 +400,8 @@ def _intro(datasets: dict[str, Dataset], args) -> list[str]:
             "", "![synthetic examples](figures/synthetic-examples.png)", ""]
 
 
-def write_report(datasets: dict[str, Dataset], summaries: list[dict], volumes: list[dict], speed: dict, args) -> None:
+def write_report(datasets: dict[str, Dataset], contrasts: dict[str, Dataset], summaries: list[dict],
+                 volumes: list[dict], speed: dict, families: dict[str, str], args) -> None:
     out = args.out
     write_csv(out / "results.csv", SUMMARY_COLUMNS, [{k: _fmt(v) for k, v in r.items()} for r in summaries])
     write_csv(out / "results-per-volume.csv", VOLUME_COLUMNS, [{k: _fmt(v) for k, v in r.items()} for r in volumes])
@@ -382,6 +412,12 @@ def write_report(datasets: dict[str, Dataset], summaries: list[dict], volumes: l
         if dataset.pairs:
             lines += _rescan_section(dataset, summaries)
     lines += _real_section(real, list(speed))
+    lines += seed_tables.architectures_section(summaries, families)
+    lines += seed_tables.diffusion_section(summaries, families)
+    if contrasts:
+        lines += seed_tables.contrast_section(summaries, volumes)
+        for dataset in contrasts.values():
+            lines += _dataset_section(dataset, summaries)
     lines += ["## Speed of one full detection", "",
               "`detect` on MSLUB patient26 T1 (1 mm, 182x218x182): skull-stripped input detection, registration, "
               "reconstruction, scoring and resampling back to the native grid.", "",
