@@ -316,6 +316,12 @@ def test_contrast_datasets_share_lesions_and_differ_in_contrast(tmp_path):
         assert all(np.array_equal(c.lesion, cases[0].lesion) for c in cases) and cases[0].lesion.any()
     t2, flair = datasets[1].cases[0].image, datasets[2].cases[0].image
     assert t2[tissues == 1].mean() > t2[tissues == 3].mean() and flair[tissues == 1].mean() < flair[tissues == 3].mean()
+    for d, (image, lesion) in zip(datasets, ((c.image, c.lesion) for c in (d.cases[0] for d in datasets))):
+        tissue_means = [image[(tissues == k) & ~lesion].mean() for k in (1, 2, 3)]
+        if d.name.startswith("OASIS FLAIR"):  # the lesion stands out after normalisation: brightest on FLAIR
+            assert image[lesion].mean() > max(tissue_means)
+        if d.name.startswith("OASIS T1"):  # darker than grey and white matter on T1
+            assert image[lesion].mean() < min(tissue_means[1:])
     again = contrast_cases(cache, per_scan=1, seed=0)
     np.testing.assert_array_equal(again[2].cases[1].image, datasets[2].cases[1].image)
     np.savez_compressed(cache / "s1_T1_brain.npz", image=mask.astype(np.float32), mask=mask)

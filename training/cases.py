@@ -193,7 +193,7 @@ def contrast_cases(cache: Path, per_scan: int = 1, seed: int = 0, contrasts: tup
     """
     from napari_brainuad.synthetic import fluid_pathology
 
-    from .synth import CONTRASTS, contrast_image, degrade, paint_lesion
+    from .synth import CONTRASTS, contrast_image, degrade
 
     contrasts = tuple(contrasts or CONTRASTS)
     unknown = [c for c in contrasts if c not in CONTRASTS]
@@ -215,8 +215,8 @@ def contrast_cases(cache: Path, per_scan: int = 1, seed: int = 0, contrasts: tup
             for c_index, name in enumerate(contrasts):
                 rng = np.random.default_rng([seed, i, k, 1000 + c_index])
                 means, lesion_range = CONTRASTS[name]
-                healthy = contrast_image(maps["labels"], maps["tissues"], case.mask, rng, means=means)
-                sick = paint_lesion(healthy, P, case.mask, float(rng.uniform(*lesion_range)), rng)
+                sick = contrast_image(maps["labels"], maps["tissues"], case.mask, rng, means=means,
+                                      lesion=P * case.mask, lesion_mean=float(rng.uniform(*lesion_range)))
                 sick = degrade(sick, case.mask, rng, blur_prob=0.0, lowres_prob=0.0, noise_std=0.02)
                 out[name].append(Case(f"{case.name} {name} fluid {k}", sick, case.mask, lesion, f"fluid:{name}"))
     return [Dataset(f"OASIS {name} + fluid", f"OASIS-1 `{split}` brains rendered from their label maps in a "

@@ -62,7 +62,8 @@ def tissue_means(rng: np.random.Generator, means=None) -> np.ndarray:
 
 def contrast_image(labels: np.ndarray, tissues: np.ndarray, mask: np.ndarray, rng=None, means=None,
                    full_random_prob: float = 0.25, label_jitter: float = 0.08, texture: float = 0.03,
-                   blur_sigma: float = 0.8, bias: float = 0.3) -> np.ndarray:
+                   blur_sigma: float = 0.8, bias: float = 0.3, lesion: np.ndarray | None = None,
+                   lesion_mean: float = 0.0) -> np.ndarray:
     """A healthy brain in a random contrast: the clean image (before the acquisition) of a label map.
 
     Parameters
@@ -76,6 +77,9 @@ def contrast_image(labels: np.ndarray, tissues: np.ndarray, mask: np.ndarray, rn
     texture : at most this standard deviation of the voxel noise within a label.
     blur_sigma : at most this Gaussian sigma (voxels) of partial-volume blur.
     bias : at most this amplitude of the log bias field (smooth noise over 16-32 voxels).
+    lesion : optional lesion probability in [0, 1] (same shape): the tissue is replaced by ``lesion_mean``
+        (on the scale of ``means``) before texture, blur, bias and normalisation, so a lesion keeps its
+        place among the tissues (bright on FLAIR, dark on T1) whatever the normalisation does.
 
     Returns float32 in [0, 1] (percentiles 0.5-99.5 inside the brain), zero outside ``mask``.
     """
@@ -101,6 +105,8 @@ def contrast_image(labels: np.ndarray, tissues: np.ndarray, mask: np.ndarray, rn
         if gap.any() and (mask & (tissue > 0)).any():
             idx = ndimage.distance_transform_edt(~(mask & (tissue > 0)), return_distances=False, return_indices=True)
             image[gap] = image[tuple(i[gap] for i in idx)]
+    if lesion is not None:
+        image = (1.0 - lesion) * image + lesion * lesion_mean
     image = image + rng.normal(0.0, rng.uniform(0.0, texture), image.shape)
     image = np.where(mask, image, 0.0)
     sigma = rng.uniform(0.0, blur_sigma)
