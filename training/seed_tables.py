@@ -107,7 +107,10 @@ def diffusion_section(summaries: list[dict], families: dict[str, str]) -> list[s
             "volumes of five cohorts with synthetic pathology and real stroke lesions (ATLAS), with models trained on "
             "a GPU; ours are 2D slice models trained for minutes on 2 CPU cores, scored on 3D volumes of the 2 mm "
             "grid: two synthetic cohorts (IXI and OASIS `test` with fluid-driven anomalies) and the real MS and "
-            "glioma development cases.", "",
+            "glioma development cases. Their AP and AUROC are per volume (the authors' code, "
+            "`alawryaguila/CondDiff`, `scripts/inference.py`), ours pooled. The paper's own rows are not beside ours: "
+            "its table was not readable offline on this machine (the stored copy of the arXiv page holds only its "
+            "opening), and no figure is quoted from memory.", "",
             *_table(header, rows), "", diffusion_verdict(summaries, families), ""]
 
 
