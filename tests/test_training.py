@@ -67,6 +67,24 @@ def test_family_trains_exports_reloads_and_detects(family, cache, tmp_path):
         assert not np.allclose(low.template_arrays["reconstruction"], result.template_arrays["reconstruction"])
 
 
+def test_export_publishes_the_model_folder_only_once_calibrated(cache, tmp_path, monkeypatch):
+    recipe = tiny_recipe("ae")
+    run, folder = tmp_path / "run", tmp_path / "model"
+    fit(recipe, SliceData.from_cache(cache, "train"), run, "cpu")
+    folder.mkdir()
+    (folder / "card.json").write_text("{}")  # a previous export, replaced whole
+    calibrate = export.calibrate_folder
+
+    def check_then_calibrate(staged, *args):
+        assert json.loads((folder / "card.json").read_text()) == {}  # not yet replaced while calibrating
+        return calibrate(staged, *args)
+
+    monkeypatch.setattr(export, "calibrate_folder", check_then_calibrate)
+    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, device="cpu"))
+    assert "calibration" in json.loads((folder / "card.json").read_text())["metrics"]
+    assert not (run / ".export").exists() and not (tmp_path / ".model.old").exists()
+
+
 def test_resume_after_interruption_reaches_the_same_weights(cache, tmp_path):
     data = SliceData.from_cache(cache, "train")
     straight = fit(tiny_recipe("ae", steps=6), data, tmp_path / "a", "cpu")

@@ -3,12 +3,14 @@
 ``python -m training export runs/NAME`` writes ``src/napari_brainuad/weights/NAME/`` by default:
 the network's tensors as safetensors and a card with the recipe, how it was trained (command,
 steps, wall time, machine) and the training data's attribution; then sets the default threshold
-from the healthy ``val`` split (see ``calibrate``).
+from the healthy ``val`` split (see ``calibrate``). The folder is assembled and calibrated inside
+the run folder and moved into place only when complete, so a model list never sees half an export.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -44,8 +46,10 @@ def main(args) -> int:
     trained_as = None
     if getattr(args, "recipe", None):
         trained_as, recipe = recipe, as_recipe(recipe, json.loads(Path(args.recipe).read_text()), saved["network"])
-    folder = args.to or bundled_folder() / recipe["name"]
-    folder.mkdir(parents=True, exist_ok=True)
+    final = Path(args.to or bundled_folder() / recipe["name"])
+    folder = Path(args.run) / ".export"  # staged: the model folder appears only once calibrated
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     dtype = getattr(torch, recipe.get("weights_dtype", "float32"))  # float16 halves large files
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in saved["network"].items()}
     atomic_write(folder / "weights.safetensors", lambda tmp: save_file(tensors, tmp))
@@ -74,8 +78,20 @@ def main(args) -> int:
             f"runs/{recipe['name']}", f"runs/{trained_as['name']}")
     write_card(folder, card)
     calibrate_folder(folder, args.cache, args.max_flagged, args.device)
-    print(f"exported {recipe['name']} -> {folder}")
+    publish(folder, final)
+    print(f"exported {recipe['name']} -> {final}")
     return 0
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Move a finished model folder into place, replacing any previous one (the old one is removed last)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    shutil.move(str(staged), str(final))
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def as_recipe(trained: dict, other: dict, state: dict) -> dict:
