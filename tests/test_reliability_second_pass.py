@@ -196,7 +196,7 @@ def interrupt_during_registration(cmd: list[str]) -> tuple[int, str]:
         chunk = os.read(proc.stdout.fileno(), 4096)
         assert chunk, seen.decode(errors="replace")[-2000:]
         seen += chunk
-    time.sleep(0.2)
+    time.sleep(0.05)  # inside the registration (about a second); later risks missing it on a loaded machine
     os.killpg(proc.pid, signal.SIGINT)
     seen += proc.stdout.read()
     return proc.wait(timeout=120), seen.decode(errors="replace")
