@@ -36,6 +36,7 @@ from napari_brainuad.template import mni152
 from . import figures, seed_tables
 from .cases import LESION_CASES, Dataset, build_contrast_datasets, build_datasets
 from .data import SITES
+from .markdown import table
 
 RESCANS = "OASIS rescans"
 BASELINE = "intensity-t1"
@@ -282,12 +283,6 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    """A markdown table."""
-    return (["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-            + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows])
-
-
 def real_cases(volumes: list[dict], datasets: dict[str, Dataset]) -> dict[str, dict[str, dict]]:
     """Per-volume rows of the real lesion cases: case -> model -> row."""
     names = {d.name for d in datasets.values() if any(c.kind == "real" for c in d.cases)}
@@ -338,12 +333,12 @@ def _targets(summaries: list[dict], real: dict) -> list[str]:
     return ["## Targets", "",
             f"Computed from the tables below. On healthy brains the median per scan flagged at the card threshold "
             f"should be at most {TARGET_PERCENT:g} % of the brain and at most {TARGET_ML:g} ml, on both scanners.", "",
-            *_table(["model", "IXI median %", "IXI median ml", "OASIS median %", "OASIS median ml",
+            *table(["model", "IXI median %", "IXI median ml", "OASIS median %", "OASIS median ml",
                      f"both at most {TARGET_PERCENT:g} % and {TARGET_ML:g} ml"], healthy), "",
             "Synthetic fluid anomalies should be found as well on the second scanner (OASIS) as on IXI.", "",
-            *_table(["model", "AP IXI + fluid", "AP OASIS + fluid", "OASIS / IXI"], fluid), "",
+            *table(["model", "AP IXI + fluid", "AP OASIS + fluid", "OASIS / IXI"], fluid), "",
             f"Each model should beat the intensity baseline (`{BASELINE}`) on every real case (AP per case).", "",
-            *_table(["model", *(f"AP {c}" for c in real), f"beats {BASELINE} on"], lesions), "",
+            *table(["model", *(f"AP {c}" for c in real), f"beats {BASELINE} on"], lesions), "",
             best_model_verdict(real, models), ""]
 
 
@@ -351,7 +346,7 @@ def _dataset_section(dataset: Dataset, summaries: list[dict]) -> list[str]:
     rows = [r for r in summaries if r["dataset"] == dataset.name]
     keys = HEALTHY_KEYS if dataset.healthy else LESION_KEYS
     return [f"## {dataset.name}", "", dataset.description, "", f"{rows[0]['volumes']} volumes.", "",
-            *_table(["model", *("s" if k == "seconds" else k for k in keys)],
+            *table(["model", *("s" if k == "seconds" else k for k in keys)],
                     [[r["model"], *(r.get(k, "") for k in keys)] for r in rows]),
             "", f"![{dataset.name}](figures/{_slug(dataset.name)}.png)", ""]
 
@@ -365,7 +360,7 @@ def _rescan_section(dataset: Dataset, summaries: list[dict]) -> list[str]:
             "the two masks; **flagged 1 in 2**: share of the voxels flagged in the first scan also flagged in the "
             "second (**2 in 1** the other way); means over pairs. A pair where neither scan flags anything counts as "
             "full agreement (1) and is counted in **pairs both empty**; a pair where only one does, as none (0).", "",
-            *_table(["model", *keys], [[r["model"], *(r[k] for k in keys)] for r in rows]),
+            *table(["model", *keys], [[r["model"], *(r[k] for k in keys)] for r in rows]),
             "", f"![{RESCANS}](figures/{_slug(RESCANS)}.png)", ""]
 
 
@@ -375,7 +370,7 @@ def _real_section(real: dict, models: list[str]) -> list[str]:
     return ["## Real cases, per case", "",
             f"AP and best Dice of each model on each real case alone; **beats {BASELINE}**: AP above the intensity "
             "baseline's on that case.", "",
-            *_table(["case", "model", "AP", "best Dice", f"{BASELINE} AP", f"beats {BASELINE}"], rows), "",
+            *table(["case", "model", "AP", "best Dice", f"{BASELINE} AP", f"beats {BASELINE}"], rows), "",
             best_model_verdict(real, models), ""]
 
 
@@ -421,6 +416,6 @@ def write_report(datasets: dict[str, Dataset], contrasts: dict[str, Dataset], su
     lines += ["## Speed of one full detection", "",
               "`detect` on MSLUB patient26 T1 (1 mm, 182x218x182): skull-stripped input detection, registration, "
               "reconstruction, scoring and resampling back to the native grid.", "",
-              *_table(["model", "seconds"], [[m, f"{s:.1f}"] for m, s in speed.items()])]
+              *table(["model", "seconds"], [[m, f"{s:.1f}"] for m, s in speed.items()])]
     text = "\n".join(lines) + "\n"
     atomic_write(out / "RESULTS.md", lambda tmp: Path(tmp).write_text(text))

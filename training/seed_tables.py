@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .markdown import table
+
 SEED_ARCHITECTURES = {  # Malé et al., Table 2: (family, SSIM healthy IXI, AUROC, AUPRC on rectangles and ellipses)
     "VQ-VAE": ("vqvae", 0.96, 0.80, 0.28),
     "Swin-MAE": ("mae", 0.80, 0.88, 0.38),
@@ -36,15 +38,6 @@ def _models(summaries: list[dict], datasets) -> list[str]:
     return [m for m in dict.fromkeys(r["model"] for r in summaries) if all((d, m) in by for d in datasets)]
 
 
-def _fmt(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-            + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows])
-
-
 def architectures_section(summaries: list[dict], families: dict[str, str]) -> list[str]:
     """Malé et al.'s Table 2 on our data: healthy SSIM on both sites, AUROC and AUPRC on the shapes."""
     datasets = ("IXI healthy", "OASIS healthy", "IXI + shapes")
@@ -59,7 +52,7 @@ def architectures_section(summaries: list[dict], families: dict[str, str]) -> li
             "MNI152 grid (SSIM in 3D inside the volume, AUROC / AUPRC over every brain voxel of the dataset) with "
             "boxes and ellipsoids of 20-30 mm, and train on two sites (IXI and OASIS) for minutes on 2 CPU cores "
             "instead of the seed's GPU schedule.", "",
-            *_table(["model", "SSIM IXI healthy", "SSIM OASIS healthy", "AUROC shapes", "AUPRC shapes"], ours + seed),
+            *table(["model", "SSIM IXI healthy", "SSIM OASIS healthy", "AUROC shapes", "AUPRC shapes"], ours + seed),
             "", architectures_verdict(summaries, families), ""]
 
 
@@ -111,7 +104,7 @@ def diffusion_section(summaries: list[dict], families: dict[str, str]) -> list[s
             "`alawryaguila/CondDiff`, `scripts/inference.py`), ours pooled. The paper's own rows are not beside ours: "
             "its table was not readable offline on this machine (the stored copy of the arXiv page holds only its "
             "opening), and no figure is quoted from memory.", "",
-            *_table(header, rows), "", diffusion_verdict(summaries, families), ""]
+            *table(header, rows), "", diffusion_verdict(summaries, families), ""]
 
 
 def diffusion_verdict(summaries: list[dict], families: dict[str, str]) -> str:
@@ -167,6 +160,6 @@ def contrast_section(summaries: list[dict], volumes: list[dict]) -> list[str]:
             "development cases. **spread**: (highest - lowest) / mean AP over the three rendered contrasts (goal: "
             "under 0.10). Evaluated: the models whose card accepts a contrast other than T1, and the intensity "
             "baseline in both polarities (`intensity-t1` scores dark voxels, `intensity-bright` bright ones).", "",
-            *_table(["model", *(f"AP {d}" for d in datasets), "spread"], rows), "",
+            *table(["model", *(f"AP {d}" for d in datasets), "spread"], rows), "",
             "Real FLAIR cases, AP per case against the better of the two intensity baselines on that case:", "",
             *(verdicts or ["- no model other than the baselines was evaluated on the FLAIR cases."]), ""]
