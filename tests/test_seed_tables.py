@@ -31,6 +31,7 @@ def test_diffusion_ordering_is_checked_on_both_synthetic_cohorts():
     broken = diffusion_rows({"ldm-t1": 0.3, "cldm-t1": 0.2, "pcldm-t1": 0.25, "vae-t1": 0.5})
     verdict = seed_tables.diffusion_verdict(broken, FAMILIES)
     assert "holds on 0 of 4" in verdict and "IXI + fluid AP" in verdict and "not ahead" in verdict
+    assert "pcldm > cldm on 4 of 4; cldm > ldm on 0 of 4; pcldm > ldm on 0 of 4" in verdict
     assert "needs" in seed_tables.diffusion_verdict(diffusion_rows({"ldm-t1": 0.1}), FAMILIES)
 
 
