@@ -49,7 +49,8 @@ def test_detect_widget_adds_layers_on_the_scan_grid(viewer_with_scan, qtbot):
     assert widget.status.text().startswith("Done in") and "findings" in widget.status.text()  # not "done (100%)"
     anomaly, mask = viewer.layers[2], viewer.layers[3]
     assert anomaly.blending == "translucent" and anomaly.colormap.colors[0][3] == 0 and anomaly.colorbar.visible
-    assert widget.histogram.units == anomaly.metadata["units"] == "residual (normalised intensity, 0-1)"
+    assert anomaly.metadata["units"] == "residual (normalised intensity, 0-1)"
+    assert widget.threshold_label.text() == f"threshold, in {anomaly.metadata['units']}"
     assert len({tuple(mask.colormap.map(label)) for label in range(1, 6)}) == 1  # one colour for every finding
     run_detection(widget, qtbot, "dae-t1")  # another model: its own layers, the first ones kept
     assert len(viewer.layers) == 7 and f"{scan.name} mask [dae-t1]" in viewer.layers

@@ -51,6 +51,7 @@ class DetectWidget(WorkerWidget):
         self.slider = QSlider(Qt.Horizontal, maximum=SLIDER_STEPS, enabled=False)
         self.threshold = QDoubleSpinBox(decimals=4, singleStep=0.01, maximum=1e6, enabled=False)
         self.histogram = ScoreHistogram()
+        self.threshold_label = QLabel("threshold", wordWrap=True)  # with the map's units after a run; wraps
         self.table = QTableWidget(0, 4, minimumHeight=150)
         self.table.setHorizontalHeaderLabels(["volume (ml)", "peak", "mean", "centroid (mm)"])
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
@@ -80,7 +81,7 @@ class DetectWidget(WorkerWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
-        layout.addWidget(QLabel("threshold"))
+        layout.addWidget(self.threshold_label)
         layout.addLayout(thresh)
         layout.addWidget(self.histogram)
         layout.addWidget(QLabel("findings (select a row to go there)"))
@@ -147,7 +148,8 @@ class DetectWidget(WorkerWidget):
         self._names = result_names(self._source.name, result.model)
         show_result(self.viewer, self._source.name, result.model, result.volume, result.reconstruction,
                     result.anomaly_map, result.mask, result.threshold, units, result.brain_mask)
-        self.histogram.set_scores(result.anomaly_map[result.brain_mask], units)
+        self.histogram.set_scores(result.anomaly_map[result.brain_mask])
+        self.threshold_label.setText(f"threshold, in {units}")
         self._score_max = max(float(result.anomaly_map.max()), result.threshold, 1e-6)
         self._score_view = np.ascontiguousarray(to_layer_data(result.anomaly_map, result.volume.affine))
         self._brain_voxels = max(int(result.brain_mask.sum()), 1)

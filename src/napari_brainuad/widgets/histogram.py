@@ -16,14 +16,12 @@ class ScoreHistogram(QWidget):
         self.counts = np.zeros(bins)
         self.edges = np.linspace(0, 1, bins + 1)
         self.threshold: float | None = None
-        self.units = ""
         self.setMinimumHeight(90)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         self.setToolTip("Anomaly scores inside the brain (log counts); red: threshold")
 
-    def set_scores(self, scores: np.ndarray, units: str = "") -> None:
-        """Show ``scores`` (their ``units`` written under the axis)."""
-        self.units = units
+    def set_scores(self, scores: np.ndarray) -> None:
+        """Show ``scores``, binned from 0 to their maximum."""
         hi = float(scores.max()) if scores.size else 1.0
         self.counts, self.edges = np.histogram(scores, bins=self.bins, range=(0.0, hi if hi > 0 else 1.0))
         self.update()
@@ -47,9 +45,9 @@ class ScoreHistogram(QWidget):
                              else QColor(150, 160, 175))
         span = self.edges[-1] - self.edges[0]
         painter.setPen(QColor(200, 200, 200))
-        painter.drawText(QPointF(rect.left(), self.height() - 2), f"{self.edges[0]:.2f}")
-        painter.drawText(QPointF(rect.right() - 30, self.height() - 2), f"{self.edges[-1]:.2f}")
-        painter.drawText(QRectF(rect.left() + 40, rect.bottom(), rect.width() - 80, 14), Qt.AlignCenter, self.units)
+        axis = QRectF(rect.left(), rect.bottom(), rect.width(), self.height() - rect.bottom())
+        painter.drawText(axis, Qt.AlignLeft | Qt.AlignBottom, f"{self.edges[0]:.2f}")
+        painter.drawText(axis, Qt.AlignRight | Qt.AlignBottom, f"{self.edges[-1]:.2f}")
         if self.threshold is not None and span > 0:
             x = rect.left() + (self.threshold - self.edges[0]) / span * rect.width()
             painter.setPen(QPen(QColor(230, 50, 50), 2))
