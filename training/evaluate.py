@@ -193,7 +193,7 @@ def main(args) -> int:
         if not args.no_card_update:
             _update_card(name, model_summaries, speed[model.card.name], args)
     if contrasts:  # the intensity baseline for bright lesions, scored on the other contrasts only
-        bright = bright_baseline()
+        bright = bright_baseline(args.device)
         families[bright.card.name] = bright.card.family
         bright_summaries, bright_volumes, plots[bright.card.name] = evaluate_model(bright, contrasts)
         summaries += bright_summaries
