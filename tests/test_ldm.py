@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import assert_hostile_card_refused, healthy_cache, phantom_scan
 from napari_brainuad.cli import main as cli
@@ -238,6 +239,10 @@ def test_three_training_steps_per_stage_export_models_that_detect(family, cache,
         first, network = load_model(autoencoder, "cpu").network, load_model(folder, "cpu").network
         for key, value in first.state_dict().items():
             torch.testing.assert_close(network.autoencoder.state_dict()[key], value, rtol=0, atol=0)
+        trained = getattr(torch, recipe_of(family).get("weights_dtype", "float32"))  # the frozen part stays float32
+        dtypes = {(k.startswith("autoencoder."), v.dtype) for k, v in load_file(folder / "weights.safetensors").items()
+                  if v.is_floating_point()}
+        assert dtypes == {(True, torch.float32), (False, trained)}
         assert float(network.scale_factor) != 1.0
         assert stored["t_int"]["default"] == 250
         low, high = detects(folder, tmp_path, 50), detects(folder, tmp_path, 400)

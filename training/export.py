@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from napari_brainuad.io import atomic_write
 from napari_brainuad.models import ModelError, write_card
-from napari_brainuad.models.families import build_network
+from napari_brainuad.models.families import build_network, learned_family
 from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import MNI_NAME, MNI_SHAPE
 
@@ -51,7 +51,9 @@ def main(args) -> int:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     dtype = getattr(torch, recipe.get("weights_dtype", "float32"))  # float16 halves large files
-    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in saved["network"].items()}
+    frozen = learned_family(recipe["family"]).frozen_prefixes  # a loaded first stage is stored as loaded
+    tensors = {k: (v.to(dtype) if v.is_floating_point() and not k.startswith(frozen) else v).contiguous()
+               for k, v in saved["network"].items()}
     atomic_write(folder / "weights.safetensors", lambda tmp: save_file(tensors, tmp))
     cfg = recipe["training"]
     card = {

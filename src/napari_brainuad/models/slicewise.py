@@ -60,6 +60,9 @@ class SliceModel(AnomalyModel):
     """The card's ``family`` this class answers to."""
     needs_mask = False
     """True: :meth:`reconstruct_batch` also gets the slices' brain mask (``mask=``, (B, 1, H, W) float)."""
+    frozen_prefixes: tuple[str, ...] = ()
+    """State-dict key prefixes of a part loaded from another model and frozen in training (a first stage):
+    export stores it as it was loaded, whatever the recipe's ``weights_dtype``."""
 
     def __init__(self, card: ModelCard, device: str = "cpu", network: nn.Module | None = None):
         super().__init__(card, device)

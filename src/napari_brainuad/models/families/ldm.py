@@ -106,6 +106,7 @@ class LatentDiffusionModel(SliceModel):
 
     family = "ldm"
     condition: str | None = None
+    frozen_prefixes = ("autoencoder.",)
 
     def __init__(self, card, device="cpu", network=None):
         super().__init__(card, device, network)
