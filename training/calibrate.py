@@ -2,8 +2,9 @@
 
 The threshold is the anomaly score that flags at most ``--max-flagged`` of the healthy brain
 voxels of the ``val`` split of each site cache (the largest of the per-site thresholds, so no site
-exceeds it); the fraction flagged on each site's ``test`` split at that threshold is measured and
-stored too (never tuned on).
+exceeds it). The threshold each val scan alone would give is stored beside it, so the card shows
+which scan sets it (with a few val scans, one with an incidental finding can). The fraction flagged
+on each site's ``test`` split at that threshold is measured and stored too (never tuned on).
 
 When the card's scoring is normative (``scoring.normative``), the voxel-wise healthy statistics of
 the residual are fitted on the pooled ``val`` scans of every site (mirrored left-right;
@@ -115,6 +116,9 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = 0.005, 
         val_maps = [healthy_maps(model, scans) for scans in val]
     thresholds = [calibrate_threshold(maps, masks, max_flagged) for maps, masks in val_maps]
     threshold = float(max(thresholds))
+    per_scan = {cache.name: {path.stem: calibrate_threshold([m], [k], max_flagged)
+                             for path, m, k in zip(cached_split(cache, "val"), *maps_masks)}
+                for cache, maps_masks in zip(caches, val_maps)}
     flagged = {}
     for cache in caches:
         maps, masks = healthy_maps(model, reconstructions(model, cached_split(cache, "test"), t_int))
@@ -132,6 +136,7 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = 0.005, 
         "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
         "scoring": "normative" if normative else "residual", "normative": normative,
         "threshold": threshold, "per_site_thresholds": dict(zip([c.name for c in caches], thresholds)),
+        "per_scan_thresholds": per_scan,
         "t_int": t_int, "machine": f"{platform.machine()}, {platform.system()}",
         "seconds": round(time.perf_counter() - start, 1),
     }

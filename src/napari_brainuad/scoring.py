@@ -264,7 +264,11 @@ def load_normative(path: Path, shape: tuple[int, int, int] | None = None) -> Nor
 
 
 def calibrate_threshold(maps: list[np.ndarray], masks: list[np.ndarray], max_flagged: float = 0.005) -> float:
-    """Smallest threshold that flags at most ``max_flagged`` of the pooled healthy brain voxels."""
+    """The ``1 - max_flagged`` quantile of the pooled healthy scores inside ``masks`` (numpy's "higher" method).
+
+    At it ``max_flagged`` of the pooled voxels are flagged, plus at most one voxel and any voxels tied with
+    it; at the next lower score more than ``max_flagged`` would be.
+    """
     scores = np.concatenate([m[k] for m, k in zip(maps, masks)])
     return float(np.quantile(scores, 1.0 - max_flagged, method="higher"))
 
