@@ -32,3 +32,32 @@ def test_calibrated_threshold_flags_the_fraction_of_val_voxels_and_is_written_to
     assert min(per_scan.values()) <= threshold <= max(per_scan.values())
     test = card["metrics"]["healthy_test_flagged_fraction"]["site"]
     assert test["max"] == max(result["healthy_test_flagged"]["site"])
+
+
+def test_scoring_variant_shares_the_weights_and_is_calibrated_for_its_own_scoring(tmp_path):
+    import pytest
+
+    from napari_brainuad.models import ModelError
+    from training.variant import make_variant
+
+    cache = tmp_path / "site"
+    cache.mkdir()
+    healthy_cache(cache)
+    source = find_card("ae-t1")
+    before = (source.folder / "card.json").read_bytes()
+    out = make_variant("ae-t1", tmp_path / "ae-normative", scoring={"normative": True, "polarity": "dark"})
+    calibrate_folder(out, [cache], 0.005, "cpu")
+    card = find_card(out)
+    assert card.name == "ae-normative" and card.scoring == {**source.scoring, "normative": True, "polarity": "dark"}
+    assert card.weights_path.read_bytes() == source.weights_path.read_bytes()
+    assert card.normative_path.exists() and card.metrics["calibration"]["scoring"] == "normative"
+    assert card.metrics["variant"]["of"] == "ae-t1"
+    assert (source.folder / "card.json").read_bytes() == before  # the source is never touched
+    swapped = make_variant(out, tmp_path / "ae-as-pcldm", scoring_of="pcldm-t1")
+    assert find_card(swapped).scoring == find_card("pcldm-t1").scoring  # the other's scoring, whole
+    assert not (swapped / "normative.safetensors").exists()
+    with pytest.raises(FileExistsError):
+        make_variant("ae-t1", out)
+    with pytest.raises(ModelError):
+        make_variant("ae-t1", tmp_path / "bad", scoring={"polarity": "up"})
+    assert not (tmp_path / "bad").exists()

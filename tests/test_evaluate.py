@@ -156,7 +156,7 @@ def fake_layout(tmp_path):
         "id,oasis_subject,sex,age,scan,split\n1003,OAS1_0101,M,29,first of a rescan pair,test\n"
         "1023,OAS1_0101,M,29,second of a rescan pair,test\n1004,OAS1_0111,M,23,first of a rescan pair,test\n"
         "1024,OAS1_0111,M,23,second of a rescan pair,train\n")
-    for image, truth, brain in [*LESION_CASES.values(), *CONTRAST_LESION_CASES.values()]:
+    for image, truth, brain, _ in [*LESION_CASES.values(), *CONTRAST_LESION_CASES.values()]:
         scan = phantom_scan(step=2)
         lesion = nib.Nifti1Image((scan.get_fdata() == 50).astype(np.uint8), scan.affine)
         brain_mask = nib.Nifti1Image((scan.get_fdata() > 0).astype(np.uint8), scan.affine)

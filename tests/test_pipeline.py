@@ -32,6 +32,28 @@ def test_rethreshold_without_rerun(phantom_path):
     assert empty.findings == [] and not empty.mask.any()
 
 
+def test_polarity_counts_the_chosen_side_of_the_residual(phantom_path):
+    volume = read_volume(phantom_path)
+    model = load_model("intensity-t1", "cpu")
+    dark = detect(volume, model, register=False, polarity="dark")
+    bright = detect(volume, model, register=False, polarity="bright")
+    auto = detect(volume, model, register=False, polarity="auto")
+    assert (dark.polarity, bright.polarity, auto.polarity) == ("dark", "bright", "both")  # the phantom is a T1
+    assert len(near_lesion(dark.findings)) == 1 and not near_lesion(bright.findings)  # the lesion is dark
+    np.testing.assert_allclose(auto.anomaly_map, detect(volume, model, register=False).anomaly_map)
+
+
+def test_scan_contrast_reads_the_tissue_order():
+    from napari_brainuad.quality import scan_contrast
+    from napari_brainuad.template import mni152
+
+    tpl = mni152()
+    t1 = tpl.image / tpl.image[tpl.mask].max()
+    assert scan_contrast(t1, tpl.mask, tpl) == "T1"
+    assert scan_contrast(np.where(tpl.mask, 1.0 - t1, 0.0), tpl.mask, tpl) == "T2"  # CSF brightest
+    assert scan_contrast(t1, np.zeros_like(tpl.mask), tpl) == "T1"  # no brain to read: the default
+
+
 def test_cli_detect_writes_four_files_on_input_grid(phantom_path, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["detect", str(phantom_path), "--model", "intensity-t1", "--out", str(out), "--device", "cpu"])
@@ -48,6 +70,10 @@ def test_cli_detect_writes_four_files_on_input_grid(phantom_path, tmp_path, caps
     assert (np.linalg.norm(centres - LESION_CENTRE_MM, axis=1) < 6.0).sum() == 1
     mask = np.asarray(nib.load(paths["mask"]).dataobj)
     assert set(np.unique(mask)) == set(range(len(rows) + 1))
+    assert "counts brighter or darker" in capsys.readouterr().out
+    assert main(["detect", str(phantom_path), "--model", "intensity-t1", "--out", str(tmp_path / "bright"),
+                 "--device", "cpu", "--polarity", "bright"]) == 0
+    assert "counts brighter only" in capsys.readouterr().out
 
 
 def test_cli_bad_input_is_one_sentence_and_nonzero(tmp_path, capsys):

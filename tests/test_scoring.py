@@ -73,3 +73,35 @@ def test_findings_volumes_centroids_and_order():
     np.testing.assert_allclose(found[0].centroid_mm, [-10 + 2 * 14.5, 2 * 14.5, 5 + 2 * 14.5])
     assert labels[15, 15, 15] == 1 and labels[3, 3, 3] == 2 and labels[0, 0, 0] == 0
     assert findings(score, np.zeros_like(mask), affine)[1] == []
+
+
+def test_polarity_counts_one_side_of_the_residual():
+    x = np.full((9, 9, 9), 0.5, np.float32)
+    x[2, 2, 2], x[6, 6, 6] = 0.9, 0.1  # one bright and one dark voxel
+    recon = np.full_like(x, 0.5)
+    both = shift_tolerant_residual(x, recon, 0, "both")
+    bright = shift_tolerant_residual(x, recon, 0, "bright")
+    dark = shift_tolerant_residual(x, recon, 0, "dark")
+    np.testing.assert_allclose(both, bright + dark)
+    assert bright[2, 2, 2] == pytest.approx(0.4) and bright[6, 6, 6] == 0.0
+    assert dark[6, 6, 6] == pytest.approx(0.4) and dark[2, 2, 2] == 0.0
+    # shift tolerance: the smallest one-sided residual over shifts is against the brightest (for "bright")
+    # or darkest (for "dark") reconstruction voxel within the shift
+    rng = np.random.default_rng(1)
+    a, b = rng.random((6, 7, 5)), rng.random((6, 7, 5))
+    padded = np.pad(b, 1, mode="edge")
+    windows = np.stack([padded[i:i + 6, j:j + 7, k:k + 5] for i, j, k in itertools.product(range(3), repeat=3)])
+    np.testing.assert_allclose(shift_tolerant_residual(a, b, 1, "bright"), np.maximum(a - windows.max(0), 0), rtol=1e-6)
+    np.testing.assert_allclose(shift_tolerant_residual(a, b, 1, "dark"), np.maximum(windows.min(0) - a, 0), rtol=1e-6)
+
+
+def test_auto_polarity_is_settled_by_the_contrast():
+    auto = ScoringConfig(polarity="auto")
+    assert auto.for_contrast("T1").polarity == "both"
+    assert {auto.for_contrast(c).polarity for c in ("T2", "FLAIR", "PD", "DWI")} == {"bright"}
+    assert ScoringConfig(polarity="dark").for_contrast("FLAIR").polarity == "dark"
+    mask = np.ones((8, 8, 8), bool)
+    with pytest.raises(ValueError, match="settled"):
+        anomaly_map(np.zeros((8, 8, 8)), np.zeros((8, 8, 8)), mask, auto)
+    with pytest.raises(ValueError, match="polarity"):
+        ScoringConfig(polarity="up")

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import LESION_CENTRE_MM, phantom_scan
+from conftest import LESION_CENTRE_MM, near_lesion, phantom_scan
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from qtpy.QtWidgets import QScrollArea
 
@@ -56,6 +56,23 @@ def test_detect_widget_adds_layers_on_the_scan_grid(viewer_with_scan, qtbot):
     assert len(viewer.layers) == 7 and f"{scan.name} mask [dae-t1]" in viewer.layers
     run_detection(widget, qtbot)  # the same model again: its layers updated in place
     assert len(viewer.layers) == 7
+
+
+def test_detect_widget_polarity_and_contrast_reach_the_run(viewer_with_scan, qtbot):
+    widget = DetectWidget(viewer_with_scan)
+    widget.model.setCurrentText("anatomy-any")
+    assert widget.polarity.currentData() == "auto"  # the card's
+    widget.model.setCurrentText("intensity-t1")
+    assert widget.polarity.currentData() == "both"
+    widget.polarity.setCurrentIndex(widget.polarity.findData("bright"))
+    run_detection(widget, qtbot)
+    assert widget.result.polarity == "bright" and "anomalous: brighter only" in widget.status.text()
+    assert not near_lesion(widget.result.findings)  # the phantom's lesion is dark
+    widget.polarity.setCurrentIndex(widget.polarity.findData("auto"))
+    widget.contrast.setCurrentIndex(widget.contrast.findData("FLAIR"))  # stated: settles auto to bright
+    run_detection(widget, qtbot)
+    assert widget.result.polarity == "bright"
+    assert any("a FLAIR scan, not the T1" in w for w in widget.result.warnings)
 
 
 def test_threshold_slider_rethresholds_fast_and_moves_to_findings(viewer_with_scan, qtbot):

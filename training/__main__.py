@@ -5,7 +5,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "evaluate": "evaluate",
+COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "variant": "variant",
+            "evaluate": "evaluate",
             "bench-preprocess": "bench_preprocess", "bench-memory": "bench_memory",
             "bench-synthetic": "bench_synthetic", "bench-cohort": "bench_cohort"}
 """Sub-command -> module of this package."""

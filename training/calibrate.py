@@ -12,6 +12,10 @@ the residual are fitted on the pooled ``val`` scans of every site (mirrored left
 the card. The threshold is calibrated on the normative scores of those val scans, each scored
 against statistics fitted without it (leave one scan out): scored against statistics that include
 it, a scan looks more typical than a new one does, and the threshold would come out too low.
+
+The site caches hold T1 scans, so an ``"auto"`` scoring polarity is calibrated as on a T1 (``"both"``). On
+another contrast it counts one side of the residual only, which never flags more of a scan than both sides
+would; no healthy scans of other contrasts are at hand to calibrate on.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ from napari_brainuad.scoring import (NORMATIVE_FLOOR, NORMATIVE_SIGMA, ScoringCo
 from napari_brainuad.template import mni152
 
 from .data import cached_split
+
+CACHE_CONTRAST = "T1"
+"""The contrast of every scan in the site caches (IXI and OASIS T1)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +63,7 @@ def reconstructions(model, files: list[Path], t_int=None) -> list[tuple[np.ndarr
 def healthy_maps(model, scans):
     """Anomaly maps and eroded-brain masks of :func:`reconstructions`' scans, with the model's scoring."""
     config = ScoringConfig.from_card(model.card.scoring)
-    return ([model.anomaly_map(image, recon, mask) for image, recon, mask in scans],
+    return ([model.anomaly_map(image, recon, mask, contrast=CACHE_CONTRAST) for image, recon, mask in scans],
             [score_support(mask, config) for _, _, mask in scans])
 
 
@@ -66,7 +73,7 @@ def normative_val_maps(model, val: list[list]) -> list[tuple[list, list]]:
     Returns, per site, the anomaly maps and eroded-brain masks of its val scans, each scored
     against statistics fitted on all the other val scans (leave one scan out).
     """
-    config = ScoringConfig.from_card(model.card.scoring)
+    config = ScoringConfig.from_card(model.card.scoring).for_contrast(CACHE_CONTRAST)
     scans = [scan for site in val for scan in site]
     if len(scans) < 2:
         raise ValueError(f"model {model.name}: normative calibration needs at least two healthy val scans "
@@ -80,7 +87,7 @@ def normative_val_maps(model, val: list[list]) -> list[tuple[list, list]]:
         for image, recon, mask in site:
             model.normative = fit_normative(residuals[:i] + residuals[i + 1:], masks[:i] + masks[i + 1:],
                                             midline=midline)
-            maps.append(model.anomaly_map(image, recon, mask))
+            maps.append(model.anomaly_map(image, recon, mask, contrast=CACHE_CONTRAST))
             i += 1
         per_site.append((maps, [score_support(mask, config) for _, _, mask in site]))
     model.normative = fit_normative(residuals, masks, midline=midline)

@@ -21,22 +21,22 @@ from napari_brainuad.synthetic import fluid_anomaly, random_blobs, shape_anomaly
 
 from .data import SITES, cached_labels, load_preprocessed
 
-LESION_CASES = {  # name: (image, lesion mask, brain mask or None)
-    "MSLUB-26": ("mslub/patient26/T1.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
+LESION_CASES = {  # name: (image, lesion mask, brain mask or None, contrast)
+    "MSLUB-26": ("mslub/patient26/T1.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None, "T1"),
     "BraTS-01": ("brats2013/pat0001/T1c_subtrMeanDivStd.nii.gz", "brats2013/pat0001/OTMultiClass.nii.gz",
-                 "brats2013/pat0001/brainmask.nii.gz"),
+                 "brats2013/pat0001/brainmask.nii.gz", "T1"),
     "BraTS-02": ("brats2013/pat0002/T1c_subtrMeanDivStd.nii.gz", "brats2013/pat0002/OTMultiClass.nii.gz",
-                 "brats2013/pat0002/brainmask.nii.gz"),
+                 "brats2013/pat0002/brainmask.nii.gz", "T1"),
 }
 """Real development cases in ``../shared/data``: MS lesions on T1 and gliomas (whole tumour) on T1c."""
 
-CONTRAST_LESION_CASES = {  # name: (image, lesion mask, brain mask or None), contrasts other than T1
-    "MSLUB-26 FLAIR": ("mslub/patient26/FLAIR.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
-    "MSLUB-26 T2": ("mslub/patient26/T2.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None),
+CONTRAST_LESION_CASES = {  # name: (image, lesion mask, brain mask or None, contrast), contrasts other than T1
+    "MSLUB-26 FLAIR": ("mslub/patient26/FLAIR.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None, "FLAIR"),
+    "MSLUB-26 T2": ("mslub/patient26/T2.nii.gz", "mslub/patient26/consensus_gt.nii.gz", None, "T2"),
     "BraTS-01 FLAIR": ("brats2013/pat0001/Flair_subtrMeanDivStd.nii.gz", "brats2013/pat0001/OTMultiClass.nii.gz",
-                       "brats2013/pat0001/brainmask.nii.gz"),
+                       "brats2013/pat0001/brainmask.nii.gz", "FLAIR"),
     "BraTS-02 FLAIR": ("brats2013/pat0002/Flair_subtrMeanDivStd.nii.gz", "brats2013/pat0002/OTMultiClass.nii.gz",
-                       "brats2013/pat0002/brainmask.nii.gz"),
+                       "brats2013/pat0002/brainmask.nii.gz", "FLAIR"),
 }
 """The same patients on FLAIR and T2, where MS lesions and tumour oedema are bright (issue 14's cases)."""
 
@@ -51,6 +51,8 @@ class Case:
     """``healthy``, ``real``, ``rectangle``, ``ellipse``, or ``fluid:`` and the source of P0."""
     source: Path | None = None
     """The original file, for timing a full ``detect`` (real cases only)."""
+    contrast: str = "T1"
+    """The scan's contrast, as a user would state it (it settles an ``"auto"`` scoring polarity)."""
 
 
 @dataclass
@@ -102,11 +104,11 @@ def rescan_pairs(participants: Path, names: list[str]) -> list[tuple[str, str]]:
 def lesion_cases(data: Path, table: dict[str, tuple] = LESION_CASES) -> list[Case]:
     """The real lesion cases of ``table``, preprocessed; lesion masks resampled to the grid (nearest neighbour)."""
     cases = []
-    for name, (image, truth, brain) in tqdm(table.items(), desc="preprocess lesion cases"):
+    for name, (image, truth, brain, contrast) in tqdm(table.items(), desc="preprocess lesion cases"):
         volume = read_volume(data / image)
         pre = preprocess(volume, brain_mask=read_volume(data / brain).data > 0 if brain else None)
         lesion = pre.to_template((read_volume(data / truth).data > 0).astype(np.float32), "nearest") > 0.5
-        cases.append(Case(name, pre.image, pre.mask, lesion & pre.mask, "real", data / image))
+        cases.append(Case(name, pre.image, pre.mask, lesion & pre.mask, "real", data / image, contrast))
     return cases
 
 
@@ -218,7 +220,8 @@ def contrast_cases(cache: Path, per_scan: int = 1, seed: int = 0, contrasts: tup
                 sick = contrast_image(maps["labels"], maps["tissues"], case.mask, rng, means=means,
                                       lesion=P * case.mask, lesion_mean=float(rng.uniform(*lesion_range)))
                 sick = degrade(sick, case.mask, rng, blur_prob=0.0, lowres_prob=0.0, noise_std=0.02)
-                out[name].append(Case(f"{case.name} {name} fluid {k}", sick, case.mask, lesion, f"fluid:{name}"))
+                out[name].append(Case(f"{case.name} {name} fluid {k}", sick, case.mask, lesion, f"fluid:{name}",
+                                      contrast=name.removesuffix("-like")))
     return [Dataset(f"OASIS {name} + fluid", f"OASIS-1 `{split}` brains rendered from their label maps in a "
                     f"{name} contrast (synthetic, training/synth.py), {per_scan} fluid-driven anomal"
                     f"{'y' if per_scan == 1 else 'ies'} per scan of that contrast's lesion intensity; the same "

@@ -44,8 +44,8 @@ BASELINE = "intensity-t1"
 TARGET_PERCENT, TARGET_ML = 0.5, 5.0
 """Targets for the median share (%) and volume (ml) of a healthy brain flagged per scan."""
 AGREEMENT = ["rescan Dice", "flagged 1 in 2", "flagged 2 in 1"]
-VOLUME_COLUMNS = ["dataset", "case", "model", "lesion voxels", "AP", "AUROC", "best Dice", "FPR@best", "Dice@thr",
-                  "FPR@thr",
+VOLUME_COLUMNS = ["dataset", "case", "model", "polarity", "lesion voxels", "AP", "AUROC", "best Dice", "FPR@best",
+                  "Dice@thr", "FPR@thr",
                   "flagged %", "flagged ml", "SSIM", "MAE", *AGREEMENT, "seconds"]
 SUMMARY_COLUMNS = ["dataset", "model", "volumes", "AP", "AUROC", "best Dice", "mean best Dice", "FPR@best", "Dice@thr",
                    "FPR@thr",
@@ -112,12 +112,14 @@ def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
     for case in dataset.cases:
         start = time.perf_counter()
         recon = model.reconstruct(case.image, case.mask, t_int=t_int)
-        score = model.anomaly_map(case.image, recon, case.mask, config)
+        settled = model.scoring_for(case.image, case.mask, config, case.contrast)  # "auto": by the stated contrast
+        score = model.anomaly_map(case.image, recon, case.mask, settled)
         seconds = time.perf_counter() - start
         s = score[case.mask]
         t = np.zeros(s.shape, bool) if case.lesion is None else case.lesion[case.mask]
         flagged = s >= card.threshold
-        row = {"dataset": dataset.name, "case": case.name, "model": card.name, "lesion voxels": int(t.sum()),
+        row = {"dataset": dataset.name, "case": case.name, "model": card.name, "polarity": settled.polarity,
+               "lesion voxels": int(t.sum()),
                "FPR@thr": false_positive_rate(flagged, t), "seconds": seconds}
         if dataset.healthy:
             pair = (torch.from_numpy(recon)[None, None], torch.from_numpy(case.image)[None, None])

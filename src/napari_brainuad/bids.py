@@ -28,6 +28,8 @@ OUTPUTS = {  # kind: (desc, suffix or None for the scan's own, extension)
     "mask": ("anomaly", "mask", ".nii.gz"),
     "findings": ("anomaly", "findings", ".tsv"),
 }
+SUFFIX_CONTRASTS = {"T1w": "T1", "T2w": "T2", "FLAIR": "FLAIR", "PDw": "PD", "dwi": "DWI"}
+"""The contrast a BIDS anat suffix states (a batch over ``--bids FLAIR`` runs with ``contrast="FLAIR"``)."""
 IGNORED = ["summary.csv", "batch.json", ".brainuad.lock"]
 """Files of a batch that are not BIDS; listed in the derivatives' ``.bidsignore``."""
 

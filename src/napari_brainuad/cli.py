@@ -9,8 +9,10 @@ from pathlib import Path
 from . import __version__
 from .io import InputError, OutputError, read_volume, stem
 from .models import ModelError, available_models, load_model
+from .models.card import CONTRASTS
 from .progress import run
 from .sample import SAMPLE_MODEL, sample_path
+from .scoring import POLARITIES, POLARITY_WORDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +73,11 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="anomaly threshold (default: the model's calibrated one)")
     p.add_argument("--skull-strip", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--no-register", action="store_true", help="the scan is already in MNI space")
+    p.add_argument("--polarity", choices=list(POLARITIES), help="which side of the residual counts: both, bright "
+                   "(image brighter than its reconstruction: hyperintense lesions), dark, or auto (both on a T1, "
+                   "bright on other contrasts); default: the model card's")
+    p.add_argument("--contrast", choices=list(CONTRASTS), help="the scan's contrast, when known (settles an auto "
+                   "polarity and the contrast warning; default: read from the scan, T1, T2 or FLAIR only)")
     p.add_argument("--min-volume", type=float, default=0.0, help="drop findings smaller than this (ml)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
@@ -78,7 +85,8 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
 
 def _options(args) -> dict:
     return {"t_int": args.t_int, "threshold": args.threshold, "skull_strip": args.skull_strip,
-            "register": not args.no_register, "min_volume_ml": args.min_volume, "seed": args.seed}
+            "register": not args.no_register, "min_volume_ml": args.min_volume, "seed": args.seed,
+            "polarity": args.polarity, "contrast": args.contrast}
 
 
 def _progress_bar(label: str):
@@ -99,7 +107,7 @@ def _detect(args) -> int:
     # Everything that can be checked without computing is checked first: options, the model,
     # the output folder and that no output lands on an input.
     model = load_model(args.model, args.device)
-    check_options(model.card, args.t_int, args.threshold, args.min_volume)
+    check_options(model.card, args.t_int, args.threshold, args.min_volume, args.contrast, args.polarity)
     check_spares_inputs(output_paths(args.out, stem(args.input)), [args.input, args.brain_mask])
     with output_lock(prepare_out_dir(args.out)):
         volume = read_volume(args.input)
@@ -122,7 +130,8 @@ def _read_brain_mask(path: Path, volume):
 def _report(result, paths, card) -> None:
     total = sum(f.volume_ml for f in result.findings)
     print(f"{result.volume.name}: {len(result.findings)} findings, {total:.2f} ml at threshold "
-          f"{result.threshold:.4g} ({result.model}, accepts {'/'.join(card.accepted_contrasts)}); "
+          f"{result.threshold:.4g} ({result.model}, accepts {'/'.join(card.accepted_contrasts)}, counts "
+          f"{POLARITY_WORDS[result.polarity]}); "
           f"{result.seconds['total']:.1f} s")
     for f in result.findings[:5]:
         x, y, z = f.centroid_mm

@@ -22,11 +22,12 @@ import numpy as np
 from .io import (InputError, OutputError, Volume, atomic_write, is_image_path, read_volume, remove_stale_temporaries,
                  stem, write_volume)
 from .models import AnomalyModel, ModelError, load_model
+from .models.card import CONTRASTS
 from .outdir import output_lock, prepare_out_dir, reason
 from .preprocess import SkullStrip, iter_preprocess
 from .progress import Step, Steps, run, scaled
 from .quality import scan_warnings
-from .scoring import Finding, ScoringConfig, findings
+from .scoring import POLARITIES, Finding, ScoringConfig, findings
 from .template import Template
 
 OUTPUT_KINDS = ("reconstruction", "anomaly", "mask", "findings")
@@ -47,6 +48,7 @@ class Result:
     template_arrays : the same quantities on the model grid, for evaluation.
     warnings : sentences about a scan the model may not suit (not a brain, another contrast,
         partial coverage, no orientation); empty when none.
+    polarity : the side of the residual the map counted (``ScoringConfig.polarity``, ``"auto"`` settled).
     """
 
     volume: Volume
@@ -61,6 +63,7 @@ class Result:
     template_arrays: dict = field(repr=False, default_factory=dict)
     seconds: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    polarity: str = "both"
 
     def with_threshold(self, threshold: float, min_volume_ml: float = 0.0) -> "Result":
         """The same result re-thresholded (no model run): new mask and findings."""
@@ -97,6 +100,8 @@ def iter_detect(
     register: bool = True,
     brain_mask: np.ndarray | None = None,
     scoring: ScoringConfig | None = None,
+    polarity: str | None = None,
+    contrast: str | None = None,
     min_volume_ml: float = 0.0,
     seed: int = 0,
     template: Template | None = None,
@@ -109,13 +114,21 @@ def iter_detect(
     threshold : anomaly-score threshold; the card's calibrated default when None.
     skull_strip, register, brain_mask : see :func:`napari_brainuad.preprocess.iter_preprocess`.
     scoring : anomaly-map switches; the card's ``scoring`` when None.
+    polarity : which side of the residual counts (``"both"``, ``"bright"``, ``"dark"`` or ``"auto"``:
+        see :class:`~napari_brainuad.scoring.ScoringConfig`); ``scoring``'s when None. ``"auto"`` is
+        settled by ``contrast``.
+    contrast : the scan's contrast (``"T1"``, ``"T2"``, ``"FLAIR"``, ``"PD"``, ``"DWI"``) when the user knows it;
+        None reads it from the preprocessed scan (:func:`~napari_brainuad.quality.guess_contrast`: T1, T2 or
+        FLAIR only, and easily fooled by weak grey-white contrast, so stating it is safer).
     min_volume_ml : findings smaller than this are dropped from the mask.
     seed : seeds every stochastic step; the same seed gives the same map.
     """
     card = model.card
-    t_int, threshold = check_options(card, t_int, threshold, min_volume_ml)
+    t_int, threshold = check_options(card, t_int, threshold, min_volume_ml, contrast, polarity)
     scoring = scoring or ScoringConfig.from_card(card.scoring)
-    template = template or _card_template(card)
+    if polarity is not None:
+        scoring = replace(scoring, polarity=polarity)
+    template = template or card.template_grid()
     clock = {"start": time.perf_counter()}
     pre = yield from scaled(iter_preprocess(volume, template=template, skull_strip=skull_strip, register=register,
                                             brain_mask=brain_mask, device=model.device, seed=seed), 0.0, 0.3)
@@ -123,6 +136,7 @@ def iter_detect(
     recon = yield from scaled(model.iter_reconstruct(pre.image, pre.mask, t_int=t_int, seed=seed), 0.3, 0.9)
     clock["model"] = time.perf_counter()
     yield Step("scoring", 0.9)
+    scoring = model.scoring_for(pre.image, pre.mask, scoring, contrast)
     score = model.anomaly_map(pre.image, recon, pre.mask, scoring)
     yield Step("mapping back to the input grid", 0.95)
     native_score = pre.to_native(score)
@@ -135,11 +149,13 @@ def iter_detect(
     yield Step("done", 1.0)
     return Result(volume, model.name, t_int, threshold, native_recon, native_score, labels, found, pre.native_mask,
                   {"image": pre.image, "mask": pre.mask, "reconstruction": recon, "anomaly_map": score,
-                   "preprocessed": pre}, seconds, scan_warnings(pre, card.accepted_contrasts))
+                   "preprocessed": pre}, seconds, scan_warnings(pre, card.accepted_contrasts, contrast),
+                  scoring.polarity)
 
 
 def check_options(card, t_int: int | None = None, threshold: float | None = None,
-                  min_volume_ml: float = 0.0) -> tuple[int | None, float]:
+                  min_volume_ml: float = 0.0, contrast: str | None = None,
+                  polarity: str | None = None) -> tuple[int | None, float]:
     """The ``t_int`` and threshold a detection with ``card`` will use; :class:`ModelError` for bad options.
 
     Cheap: callers check before reading a scan or computing anything.
@@ -150,6 +166,10 @@ def check_options(card, t_int: int | None = None, threshold: float | None = None
                          f"is {card.threshold:.4g}).")
     if not math.isfinite(min_volume_ml) or min_volume_ml < 0:
         raise ModelError(f"minimum volume {min_volume_ml:g} ml: must be a finite number of ml, 0 or more.")
+    if contrast is not None and contrast not in CONTRASTS:
+        raise ModelError(f"contrast '{contrast}': must be one of {', '.join(CONTRASTS)}.")
+    if polarity is not None and polarity not in POLARITIES:
+        raise ModelError(f"polarity '{polarity}': must be one of {', '.join(POLARITIES)}.")
     return _check_t_int(card, t_int), threshold
 
 
@@ -163,15 +183,6 @@ def _check_t_int(card, t_int):
     if not rng["min"] <= t_int <= rng["max"]:
         raise ModelError(f"model {card.name}: t_int {t_int} is outside the range {rng['min']}-{rng['max']}.")
     return t_int
-
-
-def _card_template(card) -> Template:
-    """The template grid a card names (the MNI152 2 mm model grid)."""
-    from .template import MNI_NAME, MNI_SHAPE, mni152
-
-    if card.template == MNI_NAME and tuple(card.grid_shape) == MNI_SHAPE:
-        return mni152()
-    raise ModelError(f"model {card.name}: its grid ({card.template}, {card.grid_shape}) is not one this plugin provides.")
 
 
 # ---- files ---------------------------------------------------------------------------------
@@ -277,7 +288,8 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
 
     ``bids``: ``input_dir`` is a BIDS dataset; its ``anat`` scans with this suffix (e.g. ``"T1w"``)
     are run (``pattern`` is not used) and the outputs form a BIDS derivatives dataset in ``out_dir``
-    (see :mod:`napari_brainuad.bids`), which may be the dataset's own ``derivatives/`` sub-folder.
+    (see :mod:`napari_brainuad.bids`), which may be the dataset's own ``derivatives/`` sub-folder;
+    the suffix states the scans' ``contrast`` unless it is given (``FLAIR`` -> ``"FLAIR"``).
     ``scheduler``: run on Dask distributed (``"local"`` or a scheduler address; ``workers``
     single-threaded processes for a local cluster; the model is loaded once per worker on
     ``worker_device``; see :mod:`napari_brainuad.cohort`); progress is then reported per file.
@@ -295,10 +307,13 @@ def iter_batch(input_dir: Path, out_dir: Path, model: AnomalyModel, pattern: str
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: not a folder.")
     check_out_dir(input_dir, out_dir, allow_derivatives=bids is not None)
-    check_options(model.card, t_int, threshold, detect_options.get("min_volume_ml", 0.0))
+    check_options(model.card, t_int, threshold, detect_options.get("min_volume_ml", 0.0),
+                  detect_options.get("contrast"), detect_options.get("polarity"))
     detect_options = {**_detect_defaults(), **detect_options}  # recorded in full, however they were given
     if bids is not None:
         bids_io = _optional("napari_brainuad.bids", "--bids", "bids")
+        if detect_options.get("contrast") is None:
+            detect_options["contrast"] = bids_io.SUFFIX_CONTRASTS.get(bids)
         files = bids_io.find_scans(input_dir, bids)
         if not files:
             raise InputError(f"{input_dir}: no anat/*_{bids}.nii[.gz] scans in this BIDS dataset.")

@@ -50,6 +50,13 @@ def guess_contrast(means: dict[str, float]) -> str:
     return "T1" if means["WM"] > means["GM"] > means["CSF"] else "FLAIR"
 
 
+def scan_contrast(image: np.ndarray, mask: np.ndarray, template: Template) -> str:
+    """T1, T2 or FLAIR: :func:`guess_contrast` of a registered ``image`` (brain ``mask``) on ``template``'s grid;
+    T1 when the brain misses a tissue of the template (nothing to read the contrast from)."""
+    means = measures(image, mask, template)["means"]
+    return "T1" if np.isnan(list(means.values())).any() else guess_contrast(means)
+
+
 def measures(image: np.ndarray, mask: np.ndarray, template: Template) -> dict:
     """Coverage, brain-likeness and tissue means of a registered ``image`` (brain ``mask``) on ``template``'s grid."""
     bins, tissue = _tissue(template)
@@ -66,10 +73,10 @@ def measures(image: np.ndarray, mask: np.ndarray, template: Template) -> dict:
     return {"coverage": coverage, "brain_likeness": between / total if total > 0 else 0.0, "means": means}
 
 
-def scan_warnings(pre, accepted: list[str] | str) -> list[str]:
+def scan_warnings(pre, accepted: list[str] | str, contrast: str | None = None) -> list[str]:
     """One sentence per way the preprocessed scan ``pre`` (:class:`~.preprocess.Preprocessed`) may not suit a
     model accepting the contrasts ``accepted`` (a list, or one modality name; ``"any"`` accepts every
-    contrast); empty when none."""
+    contrast); empty when none. ``contrast`` is the scan's contrast as the user stated it (else it is guessed)."""
     accepted = [accepted] if isinstance(accepted, str) else list(accepted)
     name = pre.native.path or pre.native.name
     m = measures(pre.image, pre.mask, pre.template)
@@ -78,6 +85,10 @@ def scan_warnings(pre, accepted: list[str] | str) -> list[str]:
         out.append(f"{name}: does not look like a brain registered to the template (brain-likeness "
                    f"{m['brain_likeness']:.2f}, healthy brains score above {MIN_BRAIN_LIKENESS}); check the scan "
                    "and its registration before trusting the findings.")
+    elif "any" not in accepted and contrast is not None:
+        if contrast not in accepted:
+            out.append(f"{name}: a {contrast} scan, not the {'/'.join(accepted)} this model accepts; findings may be "
+                       "meaningless.")
     elif "any" not in accepted and not np.isnan(list(m["means"].values())).any():
         guess = guess_contrast(m["means"])
         if guess not in accepted:

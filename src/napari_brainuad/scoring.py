@@ -11,13 +11,19 @@ the seed's median size 5 and 6 erosions at 1 mm become 3 and 3).
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from scipy import ndimage
+
+
+POLARITY_WORDS = {"both": "brighter or darker", "bright": "brighter only", "dark": "darker only",
+                  "auto": "brighter only unless T1"}
+"""What each :attr:`ScoringConfig.polarity` counts as anomalous, in words (the image against its reconstruction)."""
+POLARITIES = tuple(POLARITY_WORDS)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,11 @@ class ScoringConfig:
         (:func:`napari_brainuad.lpips_offline.lpips_map`; bundled weights, offline).
     normative : replace the residual by its normative score (:func:`normative_score`) against
         healthy statistics of the residual at each voxel (:class:`NormativeStats`).
+    polarity : which side of the reconstruction counts: ``"both"`` (|image - reconstruction|),
+        ``"bright"`` (only where the image is brighter: hyperintense lesions), ``"dark"`` (only darker),
+        or ``"auto"``: ``"both"`` on a T1 and ``"bright"`` on any other contrast (T2, FLAIR, PD, DWI, where
+        oedema, demyelination, gliosis and acute infarcts are hyperintense), from the scan's contrast as
+        :func:`napari_brainuad.quality.guess_contrast` reads it (:meth:`for_contrast`).
     """
 
     shift: int = 1
@@ -41,25 +52,52 @@ class ScoringConfig:
     erode: int = 3
     lpips: bool = False
     normative: bool = False
+    polarity: str = "both"
+
+    def __post_init__(self):
+        if self.polarity not in POLARITIES:
+            raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got '{self.polarity}'")
 
     @classmethod
     def from_card(cls, scoring: dict) -> "ScoringConfig":
         return cls(**scoring)
 
+    def for_contrast(self, contrast: str) -> "ScoringConfig":
+        """This config with an ``"auto"`` polarity settled for a scan of ``contrast`` (``"T1"``, ``"T2"``,
+        ``"FLAIR"``...): ``"both"`` on T1, ``"bright"`` otherwise; other polarities are returned unchanged."""
+        if self.polarity != "auto":
+            return self
+        return replace(self, polarity="both" if contrast == "T1" else "bright")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def shift_tolerant_residual(image: np.ndarray, reconstruction: np.ndarray, shift: int = 1) -> np.ndarray:
-    """Voxel-wise minimum of |image - reconstruction shifted by d| over all d in [-shift, shift]^ndim."""
-    residual = np.abs(image - reconstruction)
+def _difference(image: np.ndarray, reconstruction: np.ndarray, polarity: str) -> np.ndarray:
+    d = np.subtract(image, reconstruction)
+    if polarity == "both":
+        return np.abs(d)
+    if polarity == "bright":
+        return np.maximum(d, 0.0)
+    if polarity == "dark":
+        return np.maximum(-d, 0.0)
+    raise ValueError(f"polarity '{polarity}' must be settled to both, bright or dark first "
+                     "(ScoringConfig.for_contrast)")
+
+
+def shift_tolerant_residual(image: np.ndarray, reconstruction: np.ndarray, shift: int = 1,
+                            polarity: str = "both") -> np.ndarray:
+    """Voxel-wise minimum of the residual against the reconstruction shifted by d, over all d in
+    [-shift, shift]^ndim. The residual is |image - reconstruction| (``polarity="both"``), or only its
+    positive (``"bright"``: image brighter) or negative (``"dark"``) part, in image intensity units."""
+    residual = _difference(image, reconstruction, polarity)
     if shift <= 0:
         return residual.astype(np.float32)
     padded = np.pad(reconstruction, shift, mode="edge")
     size = image.shape
     for offset in itertools.product(range(2 * shift + 1), repeat=image.ndim):
         window = padded[tuple(slice(o, o + n) for o, n in zip(offset, size))]
-        np.minimum(residual, np.abs(image - window), out=residual)
+        np.minimum(residual, _difference(image, window, polarity), out=residual)
     return residual.astype(np.float32)
 
 
@@ -67,7 +105,7 @@ def residual_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray
                  config: ScoringConfig = ScoringConfig(), *, device="cpu") -> np.ndarray:
     """The residual step of :func:`anomaly_map`: shift-tolerant residual, LPIPS-weighted when
     ``config.lpips`` is on (run on ``device``; images in [0, 1]). (X, Y, Z) float32, not masked."""
-    residual = shift_tolerant_residual(image, reconstruction, config.shift)
+    residual = shift_tolerant_residual(image, reconstruction, config.shift, config.polarity)
     if config.lpips:
         from .lpips_offline import lpips_map  # torch, only when asked for
 

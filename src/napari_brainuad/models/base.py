@@ -46,13 +46,26 @@ class AnomalyModel(ABC):
     def normative(self, stats: NormativeStats | None) -> None:
         self._normative = stats
 
+    def scoring_for(self, image: np.ndarray, mask: np.ndarray, config: ScoringConfig | None = None,
+                    contrast: str | None = None) -> ScoringConfig:
+        """``config`` (the card's scoring when None) with an ``"auto"`` polarity settled for this scan: by
+        ``contrast`` when given, else by the contrast :func:`~napari_brainuad.quality.guess_contrast` reads
+        from ``image`` (X, Y, Z on the card's grid, brain ``mask``)."""
+        config = config or ScoringConfig.from_card(self.card.scoring)
+        if config.polarity == "auto" and contrast is None:
+            from ..quality import scan_contrast
+
+            contrast = scan_contrast(image, mask, self.card.template_grid())
+        return config.for_contrast(contrast) if contrast is not None else config
+
     def anomaly_map(self, image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
-                    config: ScoringConfig | None = None) -> np.ndarray:
+                    config: ScoringConfig | None = None, contrast: str | None = None) -> np.ndarray:
         """The anomaly map of ``image`` against its ``reconstruction`` with this model's scoring.
 
-        ``config`` overrides the card's scoring switches; arrays are (X, Y, Z) on the card's grid.
+        ``config`` overrides the card's scoring switches; arrays are (X, Y, Z) on the card's grid. An
+        ``"auto"`` polarity is settled by :meth:`scoring_for` (``contrast``, else the scan's own).
         """
-        config = config or ScoringConfig.from_card(self.card.scoring)
+        config = self.scoring_for(image, mask, config, contrast)
         normative = self.normative if config.normative else None
         if config.normative and normative is None:
             raise ModelError(f"model {self.name}: normative scoring needs the healthy statistics file its card names "

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jsonschema
 
+from ..scoring import POLARITIES, POLARITY_WORDS
+
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 NORMATIVE_FILE = "normative.safetensors"
@@ -124,6 +126,7 @@ SCHEMA = {
                 "erode": {"type": "integer", "minimum": 0, "maximum": 10},
                 "lpips": {"type": "boolean"},
                 "normative": {"type": "boolean"},
+                "polarity": {"enum": list(POLARITIES)},
             },
         },
         "threshold": {"type": "number"},
@@ -173,6 +176,15 @@ class ModelCard:
         normative = self.data.get("normative")
         return None if normative is None or self.folder is None else self.folder / normative
 
+    def template_grid(self):
+        """The :class:`~napari_brainuad.template.Template` whose grid the card names (the MNI152 2 mm model grid)."""
+        from ..template import MNI_NAME, MNI_SHAPE, mni152
+
+        if self.template == MNI_NAME and tuple(self.grid_shape) == MNI_SHAPE:
+            return mni152()
+        raise ModelError(f"model {self.name}: its grid ({self.template}, {self.grid_shape}) is not one this plugin "
+                         "provides.")
+
     @property
     def accepted_contrasts(self) -> list[str]:
         """The contrasts this model accepts: the card's ``contrasts``, else its ``modality`` (every one for ``any``)."""
@@ -186,6 +198,9 @@ class ModelCard:
                             for k, v in self.data.get("metrics", {}).get("summary", {}).items())
         data = self.data.get("training", {}).get("data", "no training data")
         scoring = "normative scoring" if self.data.get("scoring", {}).get("normative") else "residual scoring"
+        polarity = self.data.get("scoring", {}).get("polarity", "both")
+        if polarity != "both":
+            scoring += f", {POLARITY_WORDS[polarity]}"
         accepts = "/".join(self.accepted_contrasts)
         return f"{self.family} ({self.spatial_dims}D, accepts {accepts}, {scoring}); trained on: {data}" + (
             f"; {metrics}" if metrics else "")

@@ -15,6 +15,7 @@ from ..pipeline import iter_batch
 from ..sample import SAMPLE_MODEL
 from ..scoring import ScoringConfig
 from .card_view import card_line, score_units
+from .contrast_choice import contrast_combo
 from .layers import show_result
 from .worker import WorkerWidget
 
@@ -41,6 +42,7 @@ class BatchWidget(WorkerWidget):
         self.t_int = QSpinBox()
         self.threshold = QDoubleSpinBox(decimals=4, singleStep=0.01, maximum=1e6)
         self.threshold.setSpecialValueText("model default")
+        self.contrast = contrast_combo()
         self.status.setText("Files whose outputs are complete are skipped (resume).")
         self.table = QTableWidget(0, 3, minimumHeight=150)
         self.table.setHorizontalHeaderLabels(["file", "status", "findings / reason"])
@@ -56,6 +58,7 @@ class BatchWidget(WorkerWidget):
         form.addRow("", self.card_line)
         form.addRow("T_int", self.t_int)
         form.addRow("threshold", self.threshold)
+        form.addRow("contrast", self.contrast)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -90,7 +93,8 @@ class BatchWidget(WorkerWidget):
             return
         options = {"pattern": self.pattern.text() or "*.nii*",
                    "t_int": self.t_int.value() if card.is_diffusion else None,
-                   "threshold": self.threshold.value() if self.threshold.value() > 0 else None}
+                   "threshold": self.threshold.value() if self.threshold.value() > 0 else None,
+                   "contrast": self.contrast.currentData()}
         self.table.setRowCount(0)
         self._run = {"input_dir": Path(self.input_dir.value), "out_dir": Path(self.out_dir.value), "card": card,
                      "threshold": options["threshold"] or card.threshold}

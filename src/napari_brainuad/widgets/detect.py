@@ -16,8 +16,9 @@ from ..models import ModelError, available_models, load_model
 from ..pipeline import Result, iter_detect, save_result
 from ..progress import Step
 from ..sample import SAMPLE_MODEL
-from ..scoring import ScoringConfig
+from ..scoring import POLARITY_WORDS, ScoringConfig
 from .card_view import CardDialog, card_line, flagged_note, score_units
+from .contrast_choice import contrast_combo
 from .histogram import ScoreHistogram
 from .layers import layer_volume, mask_colormap, result_names, show_result
 from .worker import WorkerWidget
@@ -46,6 +47,13 @@ class DetectWidget(WorkerWidget):
         self.register = QCheckBox("register to MNI152")
         self.register.setChecked(True)
         self.lpips = QCheckBox("LPIPS weighting")
+        self.polarity = QComboBox()
+        for value, words in POLARITY_WORDS.items():
+            self.polarity.addItem(words, value)
+        self.polarity.setToolTip("Which side of the residual is anomalous: the image brighter or darker than its "
+                                 "reconstruction, brighter only (hyperintense lesions, as on FLAIR, T2, DWI), darker "
+                                 "only, or brighter only unless the scan looks like a T1. Starts at the card's.")
+        self.contrast = contrast_combo()
         self.seed = QSpinBox(maximum=2**31 - 1)
 
         self.slider = QSlider(Qt.Horizontal, maximum=SLIDER_STEPS, enabled=False)
@@ -70,6 +78,8 @@ class DetectWidget(WorkerWidget):
         form.addRow("skull stripping", self.skull)
         form.addRow("", self.register)
         form.addRow("", self.lpips)
+        form.addRow("anomalous", self.polarity)
+        form.addRow("contrast", self.contrast)
         form.addRow("seed", self.seed)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -115,6 +125,7 @@ class DetectWidget(WorkerWidget):
             self.t_int.setSingleStep(card.t_int.get("steps", 1))
             self.t_int.setValue(card.t_int["default"])
         self.lpips.setChecked(bool(card.scoring.get("lpips", False)))
+        self.polarity.setCurrentIndex(self.polarity.findData(card.scoring.get("polarity", "both")))
 
     def show_card(self) -> CardDialog:
         """Open the selected model's full card in a dialog."""
@@ -135,9 +146,11 @@ class DetectWidget(WorkerWidget):
         except (ValueError, ModelError) as exc:
             notifications.show_error(str(exc))
             return
-        scoring = ScoringConfig.from_card({**card.scoring, "lpips": self.lpips.isChecked()})
+        scoring = ScoringConfig.from_card({**card.scoring, "lpips": self.lpips.isChecked(),
+                                           "polarity": self.polarity.currentData()})
         options = {"t_int": self.t_int.value() if card.is_diffusion else None, "skull_strip": self.skull.currentText(),
-                   "register": self.register.isChecked(), "seed": self.seed.value(), "scoring": scoring}
+                   "register": self.register.isChecked(), "seed": self.seed.value(), "scoring": scoring,
+                   "contrast": self.contrast.currentData()}
         self._pending_run = (layer, card, score_units(scoring))
         self.start(iter_detect, volume, model, desc=f"Detecting anomalies in {layer.name}",
                    on_return=self._on_result, **options)
@@ -164,7 +177,8 @@ class DetectWidget(WorkerWidget):
         result = self.result
         flagged = float(np.count_nonzero(result.mask[result.brain_mask])) / self._brain_voxels
         text = (f"Done in {result.seconds['total']:.1f} s ({result.model}): {len(result.findings)} findings, "
-                f"{sum(f.volume_ml for f in result.findings):.2f} ml at threshold {result.threshold:.4g}.")
+                f"{sum(f.volume_ml for f in result.findings):.2f} ml at threshold {result.threshold:.4g}; "
+                f"anomalous: {POLARITY_WORDS[result.polarity]}.")
         notes = [*result.warnings, flagged_note(self._card, flagged, result.threshold)]
         return text + "".join(f"\nWarning: {note}" for note in notes if note)
 

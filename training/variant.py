@@ -1,0 +1,73 @@
+"""Copy a model with another card's (or a given) scoring, calibrate the copy: scoring ablations.
+
+A variant shares the source model's weights and changes only how its reconstruction is scored, so
+comparing it with the source separates what the network does from what its scoring does. Issue 12's
+question ("why is pcldm-t1 not ahead of vae-t1 on real lesions?") is answered by scoring each with
+the other's switches::
+
+    python -m training variant vae-t1 --scoring-of pcldm-t1 --out runs/variants/vae-t1-eq8
+    python -m training variant pcldm-t1 --scoring-of vae-t1 --out runs/variants/pcldm-t1-normative
+    python -m training evaluate --models runs/variants/vae-t1-eq8 runs/variants/pcldm-t1-normative ... \\
+        --no-card-update --out benchmarks/scoring-swap
+
+The copy gets the name of its ``--out`` folder, the scoring (``--scoring-of``'s whole, else the source's,
+then ``--scoring`` JSON on top), a note in its description and metrics, and a threshold (and normative statistics, when
+its scoring is normative) from :func:`training.calibrate.calibrate_folder` on the same caches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from napari_brainuad.models import find_card, write_card
+
+from .calibrate import calibrate_folder
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="bundled model name or model folder to copy")
+    p.add_argument("--out", type=Path, required=True, help="new model folder (must not exist); names the copy")
+    p.add_argument("--scoring-of", help="take the scoring switches of this model (name or folder)")
+    p.add_argument("--scoring", type=json.loads, default={},
+                   help='scoring switches as JSON on top, e.g. \'{"normative": true}\'')
+    p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
+                   help="site caches whose val scans calibrate the copy")
+    p.add_argument("--max-flagged", type=float, default=0.005)
+    p.add_argument("--device", default="auto")
+
+
+def make_variant(model_ref, out: Path, scoring_of=None, scoring: dict | None = None) -> Path:
+    """Copy the model folder to ``out`` (weights included) with the new scoring; return ``out``.
+
+    The copy's card is validated before anything is written; ``out`` must not exist.
+    """
+    card = find_card(model_ref)
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; a variant is written into a new folder.")
+    new = {**(find_card(scoring_of).scoring if scoring_of else card.scoring), **(scoring or {})}
+    data = {key: value for key, value in card.data.items() if key != "normative"}
+    source = f"the scoring of {find_card(scoring_of).name}" if scoring_of else "its own scoring"
+    changes = ", ".join(f"{k} {v}" for k, v in (scoring or {}).items())
+    note = f"{source}{', then ' + changes if changes else ''}"
+    data.update(name=out.name, scoring=new, metrics={"variant": {"of": card.name, "scoring": note}},
+                description=f"Scoring variant of {card.name} (same weights) with {note}. "
+                f"{card.data.get('description', '')}")
+    out.mkdir(parents=True)
+    try:
+        if card.weights_path is not None:
+            shutil.copy2(card.weights_path, out / card.weights_path.name)
+        write_card(out, data)
+    except Exception:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def main(args) -> int:
+    out = make_variant(args.model, args.out, args.scoring_of, args.scoring)
+    result = calibrate_folder(out, args.cache, args.max_flagged, args.device)
+    print(json.dumps({"model": str(out), **result}, indent=2))
+    return 0
