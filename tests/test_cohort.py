@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import nibabel as nib
 import pytest
@@ -79,6 +80,7 @@ def test_bids_batch_writes_a_derivatives_dataset_and_resumes(tmp_path):
                     "sub-02/ses-1/anat/sub-02_ses-1_run-01_desc-reconstruction_T1w.nii.gz", "summary.csv"]
     findings = (out / "sub-01/anat/sub-01_desc-anomaly_findings.tsv").read_text().splitlines()
     assert findings[0].split("\t")[:2] == ["label", "volume_ml"] and len(findings) > 1
+    assert json.loads((out / "batch.json").read_text())["contrast"] == "T1"  # stated by the suffix
     items = batch(root, out, load_model("intensity-t1", "cpu"), bids="T1w", register=False)
     assert [it.status for it in items] == ["skipped", "skipped"] and items[0].n_findings == len(findings) - 1
     with pytest.raises(InputError, match="inside the input folder"):  # only derivatives/ may hold outputs

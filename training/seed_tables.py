@@ -163,7 +163,9 @@ def contrast_section(summaries: list[dict], volumes: list[dict]) -> list[str]:
             "same fluid-driven anomalies painted in that contrast's lesion intensity, and on the real FLAIR and T2 "
             "development cases. **spread**: (highest - lowest) / mean AP over the three rendered contrasts (goal: "
             "under 0.10). Evaluated: the models whose card accepts a contrast other than T1, and the intensity "
-            "baseline in both polarities (`intensity-t1` scores dark voxels, `intensity-bright` bright ones).", "",
+            "baseline in both polarities (`intensity-t1` scores dark voxels, `intensity-bright` bright ones). Each "
+            "model scores with its card's polarity, an `auto` one settled by the case's stated contrast (column "
+            "`polarity` of `results-per-volume.csv`).", "",
             *table(["model", *(f"AP {d}" for d in datasets), "spread"], rows), "",
             "Real FLAIR cases, AP per case against the better of the two intensity baselines on that case:", "",
             *(verdicts or ["- no model other than the baselines was evaluated on the FLAIR cases."]), ""]
