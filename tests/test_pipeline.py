@@ -105,6 +105,7 @@ def test_batch_goes_on_after_a_bad_file_and_resumes(tmp_path):
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert [r["polarity"] for r in rows] == ["both", "", "both"]  # what each map counted
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # inputs untouched
     (out / ".a_mask.nii.gz.x1y2z3.nii.gz").write_bytes(b"half a file")  # left by a killed write
     again = batch(src, out, model, register=False)

@@ -34,8 +34,8 @@ OUTPUT_KINDS = ("reconstruction", "anomaly", "mask", "findings")
 FINDING_COLUMNS = ["label", "volume_ml", "peak_score", "mean_score", "centroid_x_mm", "centroid_y_mm",
                    "centroid_z_mm", "n_voxels"]
 SETTINGS_FILE = "batch.json"
-SUMMARY_COLUMNS = ["file", "status", "message", "model", "t_int", "threshold", "n_findings", "lesion_volume_ml",
-                   "max_score", "seconds", "warnings"]
+SUMMARY_COLUMNS = ["file", "status", "message", "model", "t_int", "threshold", "polarity", "n_findings",
+                   "lesion_volume_ml", "max_score", "seconds", "warnings"]
 
 
 @dataclass(eq=False)
@@ -258,6 +258,7 @@ class BatchItem:
     seconds: float | None = None
     warnings: tuple[str, ...] = ()
     outputs: dict[str, Path] = field(default_factory=dict)  # kind -> path, as in :func:`output_paths`
+    polarity: str = ""  # the side of the residual counted (an "auto" polarity settled); "" when not run
 
 
 def find_inputs(input_dir: Path, pattern: str = "*.nii*") -> list[Path]:
@@ -353,7 +354,7 @@ def iter_process_file(path: Path, paths: dict[str, Path], model: AnomalyModel, t
         return BatchItem(path, "error", str(exc), outputs=paths)
     return BatchItem(path, "ok", "", len(result.findings), sum(f.volume_ml for f in result.findings),
                      max((f.peak_score for f in result.findings), default=None), time.perf_counter() - start,
-                     tuple(result.warnings), paths)
+                     tuple(result.warnings), paths, result.polarity)
 
 
 def _run_here(jobs, out_dir, model, options) -> Steps[list[BatchItem]]:
@@ -493,7 +494,7 @@ def _from_existing(path: Path, paths: dict[str, Path]) -> BatchItem:
 def write_summary(path: Path, items: list[BatchItem], model: AnomalyModel, t_int, threshold) -> None:
     threshold = model.card.threshold if threshold is None else threshold
     rows = [{"file": str(it.file), "status": it.status, "message": it.message, "model": model.name,
-             "t_int": "" if t_int is None else t_int, "threshold": threshold,
+             "t_int": "" if t_int is None else t_int, "threshold": threshold, "polarity": it.polarity,
              "n_findings": "" if it.n_findings is None else it.n_findings,
              "lesion_volume_ml": "" if it.lesion_volume_ml is None else f"{it.lesion_volume_ml:.4f}",
              "max_score": "" if it.max_score is None else f"{it.max_score:.5g}",
