@@ -27,7 +27,7 @@ from .outdir import output_lock, prepare_out_dir, reason
 from .preprocess import SkullStrip, iter_preprocess
 from .progress import Step, Steps, run, scaled
 from .quality import scan_warnings
-from .scoring import POLARITIES, Finding, ScoringConfig, findings
+from .scoring import POLARITIES, POLARITY_WORDS, Finding, ScoringConfig, findings
 from .template import Template
 
 OUTPUT_KINDS = ("reconstruction", "anomaly", "mask", "findings")
@@ -149,8 +149,20 @@ def iter_detect(
     yield Step("done", 1.0)
     return Result(volume, model.name, t_int, threshold, native_recon, native_score, labels, found, pre.native_mask,
                   {"image": pre.image, "mask": pre.mask, "reconstruction": recon, "anomaly_map": score,
-                   "preprocessed": pre}, seconds, scan_warnings(pre, card.accepted_contrasts, contrast),
+                   "preprocessed": pre}, seconds,
+                  scan_warnings(pre, card.accepted_contrasts, contrast) + _threshold_warnings(card, scoring, threshold),
                   scoring.polarity)
+
+
+def _threshold_warnings(card, scoring: ScoringConfig, threshold: float) -> list[str]:
+    """A sentence when the map counts another side of the residual than the card's threshold was calibrated
+    for (on healthy T1 scans: an ``"auto"`` polarity as ``"both"``) and that threshold is in use."""
+    calibrated = ScoringConfig.from_card(card.scoring).for_contrast("T1").polarity
+    if scoring.polarity == calibrated or threshold != card.threshold:
+        return []
+    return [f"model {card.name}: its default threshold was calibrated on healthy T1 scans with "
+            f"{POLARITY_WORDS[calibrated]} residuals, and this map counts {POLARITY_WORDS[scoring.polarity]} ones, "
+            "so it may flag too little or too much: tune the threshold and read the map."]
 
 
 def check_options(card, t_int: int | None = None, threshold: float | None = None,
