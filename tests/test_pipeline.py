@@ -40,7 +40,7 @@ def test_polarity_counts_the_chosen_side_of_the_residual(phantom_path):
     auto = detect(volume, model, register=False, polarity="auto")
     assert (dark.polarity, bright.polarity, auto.polarity) == ("dark", "bright", "both")  # the phantom is a T1
     assert len(near_lesion(dark.findings)) == 1 and not near_lesion(bright.findings)  # the lesion is dark
-    calibrated_for = "calibrated on healthy T1 scans with brighter or darker residuals"
+    calibrated_for = "calibrated on healthy T1 scans counting the residual brighter or darker"
     assert any(calibrated_for in w for w in dark.warnings) and not any(calibrated_for in w for w in auto.warnings)
     assert not detect(volume, model, register=False, polarity="dark", threshold=0.2).warnings  # the user's threshold
     np.testing.assert_allclose(auto.anomaly_map, detect(volume, model, register=False).anomaly_map)

@@ -160,9 +160,9 @@ def _threshold_warnings(card, scoring: ScoringConfig, threshold: float) -> list[
     calibrated = ScoringConfig.from_card(card.scoring).for_contrast("T1").polarity
     if scoring.polarity == calibrated or threshold != card.threshold:
         return []
-    return [f"model {card.name}: its default threshold was calibrated on healthy T1 scans with "
-            f"{POLARITY_WORDS[calibrated]} residuals, and this map counts {POLARITY_WORDS[scoring.polarity]} ones, "
-            "so it may flag too little or too much: tune the threshold and read the map."]
+    return [f"model {card.name}: its default threshold was calibrated on healthy T1 scans counting the residual "
+            f"{POLARITY_WORDS[calibrated]}, and this map counts it {POLARITY_WORDS[scoring.polarity]}, so the "
+            "threshold may flag too little or too much: tune it and read the map."]
 
 
 def check_options(card, t_int: int | None = None, threshold: float | None = None,
