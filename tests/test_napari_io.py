@@ -6,7 +6,7 @@ import pytest
 from conftest import phantom_scan
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from napari_brainuad._reader import napari_get_reader
-from napari_brainuad._sample_data import mslub_patient26
+from napari_brainuad._sample_data import mslub_patient26, mslub_patient26_flair
 from napari_brainuad._writer import write_image, write_labels
 
 
@@ -70,9 +70,10 @@ def test_writer_round_trip_keeps_affine(make_napari_viewer, oblique_scan, tmp_pa
     assert labels[0].endswith(".nii.gz") and nib.load(labels[0]).shape == data.shape
 
 
-def test_sample_data_overlays_scan_and_lesions(make_napari_viewer):
+@pytest.mark.parametrize("sample", [mslub_patient26, mslub_patient26_flair])
+def test_sample_data_overlays_scan_and_lesions(make_napari_viewer, sample):
     viewer = make_napari_viewer()
-    for data, kwargs, kind in mslub_patient26():
+    for data, kwargs, kind in sample():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     scan, lesions = viewer.layers
     assert scan.data.shape == lesions.data.shape

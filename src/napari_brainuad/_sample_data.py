@@ -1,4 +1,4 @@
-"""napari sample data: a chronic stroke T1, and MSLUB patient26 T1 with its expert lesion mask."""
+"""napari sample data: a chronic stroke T1, and MSLUB patient26 T1 or FLAIR with its expert lesion mask."""
 from __future__ import annotations
 
 from ._reader import layer_kwargs, read_layers, to_layer_data
@@ -15,8 +15,17 @@ def stroke_t1():
 
 def mslub_patient26():
     """T1 image layer and the expert lesion mask as a labels layer, on the same world grid."""
-    layers = read_layers(str(sample_path("MSLUB T1")))
-    layers[0][1]["name"] = "MSLUB patient26 T1"
+    return _mslub("MSLUB T1", "MSLUB patient26 T1")
+
+
+def mslub_patient26_flair():
+    """FLAIR image layer (where MS lesions are bright) and the expert lesion mask, on the same world grid."""
+    return _mslub("MSLUB FLAIR", "MSLUB patient26 FLAIR")
+
+
+def _mslub(kind: str, name: str):
+    layers = read_layers(str(sample_path(kind)))
+    layers[0][1]["name"] = name
     lesions = read_volume(sample_path("MSLUB lesions"))
     kwargs = layer_kwargs(lesions, name="MSLUB patient26 lesions (expert consensus)")
     kwargs["opacity"] = 0.5

@@ -7,11 +7,11 @@ from pathlib import Path
 SAMPLE_MODEL = "restore-t1"
 """Model the demo and the widgets pick by default."""
 _FILES = {"stroke T1": "stroke_T1.nii.gz", "MSLUB T1": "mslub_patient26_T1.nii.gz",
-          "MSLUB lesions": "mslub_patient26_lesions.nii.gz"}
+          "MSLUB FLAIR": "mslub_patient26_FLAIR.nii.gz", "MSLUB lesions": "mslub_patient26_lesions.nii.gz"}
 DEMO_SAMPLE = "stroke T1"
 """The scan ``brainuad demo`` runs: a chronic stroke in the left hemisphere, T1, brain-extracted."""
 
 
 def sample_path(kind: str = DEMO_SAMPLE) -> Path:
-    """Path of a bundled sample file: ``"stroke T1"``, ``"MSLUB T1"`` or ``"MSLUB lesions"``."""
+    """Path of a bundled sample file: ``"stroke T1"``, ``"MSLUB T1"``, ``"MSLUB FLAIR"`` or ``"MSLUB lesions"``."""
     return Path(str(files("napari_brainuad") / "data" / _FILES[kind]))
