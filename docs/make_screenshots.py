@@ -4,7 +4,7 @@ Run under a virtual display from the repository root:
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--model NAME]
 Writes docs/images/detect.png (sample + overlays + widget, the largest finding selected),
 threshold.png (the whole Detect widget), card.png (the model card dialog), mslub.png (an MS scan with
-its expert mask beside the model's mask) and batch.png (the batch widget after a run over a temporary folder).
+its expert mask beside the model's mask), mslub-flair.png (its FLAIR under anatomy-any) and batch.png (the batch widget after a run over a temporary folder).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_brainuad._sample_data import mslub_patient26, stroke_t1
+from napari_brainuad._sample_data import mslub_patient26, mslub_patient26_flair, stroke_t1
 from napari_brainuad.sample import SAMPLE_MODEL, sample_path
 from napari_brainuad.widgets import BatchWidget, DetectWidget
 
@@ -65,6 +65,20 @@ def main() -> None:
     viewer.scene.camera.zoom *= 1.6
     QApplication.processEvents()
     viewer.screenshot(str(OUT / "mslub.png"), canvas_only=True)
+
+    viewer.layers.clear()  # the same patient's FLAIR with the any-contrast model, contrast stated, default threshold
+    for data, kwargs, kind in mslub_patient26_flair():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget.image.value = viewer.layers[0]
+    widget.model.setCurrentText("anatomy-any")
+    widget.contrast.setCurrentIndex(widget.contrast.findData("FLAIR"))
+    widget.run()
+    wait(widget)
+    viewer.reset_view()
+    QApplication.processEvents()
+    viewer.screenshot(str(OUT / "mslub-flair.png"), canvas_only=False)
+    widget.contrast.setCurrentIndex(0)
+    widget.model.setCurrentText(args.model)
 
     viewer.window.remove_dock_widget("all")
     batch = BatchWidget(viewer)
