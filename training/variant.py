@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from napari_brainuad.models import find_card, write_card
+from napari_brainuad.models.card import CARD_FILE, validate_card
 
 from .calibrate import calibrate_folder
 
@@ -47,14 +48,15 @@ def make_variant(model_ref, out: Path, scoring_of=None, scoring: dict | None = N
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; a variant is written into a new folder.")
-    new = {**(find_card(scoring_of).scoring if scoring_of else card.scoring), **(scoring or {})}
-    data = {key: value for key, value in card.data.items() if key != "normative"}
-    source = f"the scoring of {find_card(scoring_of).name}" if scoring_of else "its own scoring"
+    other = find_card(scoring_of) if scoring_of else None
+    new = {**(other.scoring if other else card.scoring), **(scoring or {})}
     changes = ", ".join(f"{k} {v}" for k, v in (scoring or {}).items())
-    note = f"{source}{', then ' + changes if changes else ''}"
+    note = (f"the scoring of {other.name}" if other else "its own scoring") + (f", then {changes}" if changes else "")
+    data = {key: value for key, value in card.data.items() if key != "normative"}
     data.update(name=out.name, scoring=new, metrics={"variant": {"of": card.name, "scoring": note}},
                 description=f"Scoring variant of {card.name} (same weights) with {note}. "
                 f"{card.data.get('description', '')}")
+    validate_card(data, out / CARD_FILE)
     out.mkdir(parents=True)
     try:
         if card.weights_path is not None:
