@@ -16,7 +16,7 @@ def test_calibrated_threshold_flags_the_fraction_of_val_voxels_and_is_written_to
     healthy_cache(cache)
     folder = tmp_path / "model"
     shutil.copytree(find_card("intensity-t1").folder, folder)
-    result = calibrate_folder(folder, [cache], 0.005, "cpu")
+    result = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=None)
     model = load_model(folder, "cpu")
     maps, masks = healthy_maps(model, reconstructions(model, cached_split(cache, "val")))
     scores = np.concatenate([m[k] for m, k in zip(maps, masks)])
@@ -32,6 +32,29 @@ def test_calibrated_threshold_flags_the_fraction_of_val_voxels_and_is_written_to
     assert min(per_scan.values()) <= threshold <= max(per_scan.values())
     test = card["metrics"]["healthy_test_flagged_fraction"]["site"]
     assert test["max"] == max(result["healthy_test_flagged"]["site"])
+
+
+def test_volume_bound_caps_the_flagged_ml_per_val_scan(tmp_path):
+    from training.calibrate import voxel_ml
+
+    cache = tmp_path / "site"
+    cache.mkdir()
+    healthy_cache(cache)
+    folder = tmp_path / "model"
+    shutil.copytree(find_card("intensity-t1").folder, folder)
+    share_only = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=None)["threshold"]
+    model = load_model(folder, "cpu")
+    maps, masks = healthy_maps(model, reconstructions(model, cached_split(cache, "val")))
+    flagged_ml = [np.count_nonzero(m[k] >= share_only) * voxel_ml() for m, k in zip(maps, masks)]
+    bound = 0.5 * float(np.mean(flagged_ml))  # half of what the share alone flags: the volume bound binds
+    threshold = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=bound)["threshold"]
+    assert threshold > share_only
+    scores = np.concatenate([m[k] for m, k in zip(maps, masks)])
+    over, ties = np.count_nonzero(scores > threshold), np.count_nonzero(scores == threshold)
+    assert over * voxel_ml() / len(maps) <= bound  # strictly above the threshold: within the bound
+    assert (over + ties) * voxel_ml() / len(maps) >= 0.99 * bound  # the smallest such threshold
+    calibration = json.loads((folder / "card.json").read_text())["metrics"]["calibration"]
+    assert calibration["max_flagged_ml"] == bound and f"--max-flagged-ml {bound}" in calibration["command"]
 
 
 def test_scoring_variant_shares_the_weights_and_is_calibrated_for_its_own_scoring(tmp_path):

@@ -57,6 +57,17 @@ def test_calibrate_threshold_flags_at_most_the_fraction():
     assert 0.005 < flagged <= 0.01
 
 
+def test_calibrate_threshold_volume_bound_wins_when_tighter():
+    rng = np.random.default_rng(2)
+    maps = [rng.random((10, 10, 10)) for _ in range(4)]
+    masks = [np.ones((10, 10, 10), bool)] * 4
+    loose = calibrate_threshold(maps, masks, 0.01, max_voxels=1000)  # 1000 voxels per scan: the share binds
+    assert loose == calibrate_threshold(maps, masks, 0.01)
+    t = calibrate_threshold(maps, masks, 0.01, max_voxels=4)  # 4 voxels per scan: 0.4 % of 1000
+    per_scan = [np.count_nonzero(m >= t) for m in maps]
+    assert 8 < sum(per_scan) <= 4 * 4 + 1 and t > loose
+
+
 def test_findings_volumes_centroids_and_order():
     score = np.zeros((30, 30, 30), np.float32)
     mask = np.zeros(score.shape, bool)

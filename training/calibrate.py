@@ -1,8 +1,8 @@
 """Calibrate a model's default threshold on healthy validation scans of every site and write it into its card.
 
 The threshold is the anomaly score that flags at most ``--max-flagged`` of the healthy brain
-voxels of the ``val`` split of each site cache (the largest of the per-site thresholds, so no site
-exceeds it). The threshold each val scan alone would give is stored beside it, so the card shows
+voxels of the ``val`` split of each site cache and at most ``--max-flagged-ml`` per scan on average
+(the largest of the per-site thresholds, so no site exceeds either bound). The threshold each val scan alone would give is stored beside it, so the card shows
 which scan sets it (with a few val scans, one with an incidental finding can). The fraction flagged
 on each site's ``test`` split at that threshold is measured and stored too (never tuned on).
 
@@ -40,14 +40,25 @@ from .data import cached_split
 
 CACHE_CONTRAST = "T1"
 """The contrast of every scan in the site caches (IXI and OASIS T1)."""
+MAX_FLAGGED = 0.005
+MAX_FLAGGED_ML = 5.0
+"""The healthy-scan targets a default threshold is calibrated for: at most 0.5 % of the brain and 5 ml per scan."""
+
+
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    """``--cache``, ``--max-flagged``, ``--max-flagged-ml`` and ``--device``, shared by every command that calibrates."""
+    p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
+                   help="site caches made by 'prepare' (their val splits calibrate, their test splits are measured)")
+    p.add_argument("--max-flagged", type=float, default=MAX_FLAGGED,
+                   help="largest fraction of healthy brain voxels flagged (default 0.005)")
+    p.add_argument("--max-flagged-ml", type=float, default=MAX_FLAGGED_ML,
+                   help="largest volume flagged per healthy scan, ml, on average (default 5)")
+    p.add_argument("--device", default="auto")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="bundled model name or model folder")
-    p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
-                   help="site caches made by 'prepare' (their val and test splits)")
-    p.add_argument("--max-flagged", type=float, default=0.005, help="fraction of healthy brain voxels flagged")
-    p.add_argument("--device", default="auto")
+    add_calibration_arguments(p)
 
 
 def reconstructions(model, files: list[Path], t_int=None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -58,6 +69,11 @@ def reconstructions(model, files: list[Path], t_int=None) -> list[tuple[np.ndarr
             image, mask = z["image"], z["mask"]
         scans.append((image, model.reconstruct(image, mask, t_int=t_int), mask))
     return scans
+
+
+def voxel_ml() -> float:
+    """Volume (ml) of one voxel of the template grid the maps are calibrated on."""
+    return abs(float(np.linalg.det(mni152().affine[:3, :3]))) / 1000.0
 
 
 def healthy_maps(model, scans):
@@ -99,13 +115,17 @@ def score_support(mask: np.ndarray, config: ScoringConfig) -> np.ndarray:
 
 
 def main(args) -> int:
-    result = calibrate_folder(args.model, args.cache, args.max_flagged, args.device)
+    result = calibrate_folder(args.model, args.cache, args.max_flagged, args.device, args.max_flagged_ml)
     print(json.dumps(result, indent=2))
     return 0
 
 
-def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = 0.005, device: str = "auto") -> dict:
-    """Set a model card's threshold from the healthy val splits; measure flagged voxels on the test splits."""
+def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLAGGED, device: str = "auto",
+                     max_flagged_ml: float | None = MAX_FLAGGED_ML) -> dict:
+    """Set a model card's threshold from the healthy val splits; measure flagged voxels on the test splits.
+
+    ``max_flagged_ml`` None: the share bound alone.
+    """
     model = load_model(model_ref, device)
     start = time.perf_counter()
     t_int = model.card.t_int["default"] if model.card.is_diffusion else None
@@ -121,9 +141,10 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = 0.005, 
                      "threshold_maps": "each val scan scored against statistics fitted without it"}
     else:
         val_maps = [healthy_maps(model, scans) for scans in val]
-    thresholds = [calibrate_threshold(maps, masks, max_flagged) for maps, masks in val_maps]
+    max_voxels = None if max_flagged_ml is None else max_flagged_ml / voxel_ml()
+    thresholds = [calibrate_threshold(maps, masks, max_flagged, max_voxels) for maps, masks in val_maps]
     threshold = float(max(thresholds))
-    per_scan = {cache.name: {path.stem: calibrate_threshold([m], [k], max_flagged)
+    per_scan = {cache.name: {path.stem: calibrate_threshold([m], [k], max_flagged, max_voxels)
                              for path, m, k in zip(cached_split(cache, "val"), *maps_masks)}
                 for cache, maps_masks in zip(caches, val_maps)}
     flagged = {}
@@ -139,8 +160,9 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = 0.005, 
     sites = ", ".join(c.name for c in caches)
     data["metrics"]["calibration"] = {
         "command": f"python -m training calibrate {card.name} --cache {' '.join(map(str, caches))} "
-                   f"--max-flagged {max_flagged}",
+                   f"--max-flagged {max_flagged}" + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}"),
         "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
+        "max_flagged_ml": max_flagged_ml,
         "scoring": "normative" if normative else "residual", "normative": normative,
         "threshold": threshold, "per_site_thresholds": dict(zip([c.name for c in caches], thresholds)),
         "per_scan_thresholds": per_scan,

@@ -22,7 +22,7 @@ from napari_brainuad.models.families import build_network, learned_family
 from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import MNI_NAME, MNI_SHAPE
 
-from .calibrate import calibrate_folder
+from .calibrate import add_calibration_arguments, calibrate_folder
 from .data import SITES
 from .fit import CHECKPOINT
 
@@ -31,10 +31,7 @@ from .fit import CHECKPOINT
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by 'fit'")
     p.add_argument("--to", type=Path, help="model folder (default: the plugin's bundled weights/NAME)")
-    p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
-                   help="site caches whose val splits calibrate the threshold")
-    p.add_argument("--max-flagged", type=float, default=0.005)
-    p.add_argument("--device", default="auto")
+    add_calibration_arguments(p)
     p.add_argument("--recipe", type=Path,
                    help="export the run's network under another recipe's card (name, family, inference and scoring "
                         "settings), e.g. an 'ldm' run as 'ldm-tavg'; the networks must match")
@@ -79,7 +76,7 @@ def main(args) -> int:
             f"recipes/{recipe['name']}.json", f"recipes/{trained_as['name']}.json").replace(
             f"runs/{recipe['name']}", f"runs/{trained_as['name']}")
     write_card(folder, card)
-    calibrate_folder(folder, args.cache, args.max_flagged, args.device)
+    calibrate_folder(folder, args.cache, args.max_flagged, args.device, args.max_flagged_ml)
     publish(folder, final)
     print(f"exported {recipe['name']} -> {final}")
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 from napari_brainuad.models import find_card, write_card
 from napari_brainuad.models.card import CARD_FILE, validate_card
 
-from .calibrate import calibrate_folder
+from .calibrate import add_calibration_arguments, calibrate_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,10 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scoring-of", help="take the scoring switches of this model (name or folder)")
     p.add_argument("--scoring", type=json.loads, default={},
                    help='scoring switches as JSON on top, e.g. \'{"normative": true}\'')
-    p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
-                   help="site caches whose val scans calibrate the copy")
-    p.add_argument("--max-flagged", type=float, default=0.005)
-    p.add_argument("--device", default="auto")
+    add_calibration_arguments(p)
 
 
 def make_variant(model_ref, out: Path, scoring_of=None, scoring: dict | None = None) -> Path:
@@ -70,6 +67,6 @@ def make_variant(model_ref, out: Path, scoring_of=None, scoring: dict | None = N
 
 def main(args) -> int:
     out = make_variant(args.model, args.out, args.scoring_of, args.scoring)
-    result = calibrate_folder(out, args.cache, args.max_flagged, args.device)
+    result = calibrate_folder(out, args.cache, args.max_flagged, args.device, args.max_flagged_ml)
     print(json.dumps({"model": str(out), **result}, indent=2))
     return 0

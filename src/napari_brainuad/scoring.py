@@ -301,14 +301,21 @@ def load_normative(path: Path, shape: tuple[int, int, int] | None = None) -> Nor
     return stats
 
 
-def calibrate_threshold(maps: list[np.ndarray], masks: list[np.ndarray], max_flagged: float = 0.005) -> float:
-    """The ``1 - max_flagged`` quantile of the pooled healthy scores inside ``masks`` (numpy's "higher" method).
+def calibrate_threshold(maps: list[np.ndarray], masks: list[np.ndarray], max_flagged: float = 0.005,
+                        max_voxels: float | None = None) -> float:
+    """The lowest score that flags at most ``max_flagged`` of the pooled healthy voxels inside ``masks`` and,
+    when ``max_voxels`` is given, at most that many voxels per scan on average (a volume bound: 5 ml is 625
+    voxels of the 2 mm model grid, about 0.25 % of a brain).
 
-    At it ``max_flagged`` of the pooled voxels are flagged, plus at most one voxel and any voxels tied with
-    it; at the next lower score more than ``max_flagged`` would be.
+    The ``1 - q`` quantile of the pooled scores (numpy's "higher" method), ``q`` the smaller of the two shares:
+    at it ``q`` of the pooled voxels are flagged, plus at most one voxel and any voxels tied with it; at the
+    next lower score more would be.
     """
     scores = np.concatenate([m[k] for m, k in zip(maps, masks)])
-    return float(np.quantile(scores, 1.0 - max_flagged, method="higher"))
+    share = max_flagged
+    if max_voxels is not None:
+        share = min(share, max_voxels * len(maps) / max(scores.size, 1))
+    return float(np.quantile(scores, 1.0 - share, method="higher"))
 
 
 @dataclass(frozen=True)
