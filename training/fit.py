@@ -54,8 +54,7 @@ def main(args) -> int:
     if "synth_prob" in recipe["training"]:  # contrasts rendered from label maps on the fly (the anatomy family)
         from .synth import SynthData
 
-        data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"],
-                                    recipe["training"].get("weak_contrast_prob", 0.0))
+        data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"])
     else:
         data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0)
     state = fit(recipe, data, out, device, args.resume, rank, world)

@@ -53,26 +53,17 @@ def _normalise(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (out * mask).astype(np.float32)
 
 
-def tissue_means(rng: np.random.Generator, means=None, weak_prob: float = 0.0, weak_gap: float = 0.08) -> np.ndarray:
-    """(3,) CSF, GM, WM mean intensities: uniform in [0, 1] each (any ordering), or in the given ranges.
-
-    With probability ``weak_prob`` (random means only), two tissues drawn at random lie within ``weak_gap``
-    of each other, as grey and white matter do on FLAIR and diffusion-weighted scans (a few percent of the
-    range, below the noise), so the model learns to read such tissues from shape rather than intensity.
-    """
-    if means is not None:
-        return np.array([rng.uniform(*r) for r in means])
-    mu = rng.uniform(0.0, 1.0, 3)
-    if weak_prob > 0 and rng.random() < weak_prob:
-        i, j = rng.choice(3, size=2, replace=False)
-        mu[j] = np.clip(mu[i] + rng.uniform(-weak_gap, weak_gap), 0.0, 1.0)
-    return mu
+def tissue_means(rng: np.random.Generator, means=None) -> np.ndarray:
+    """(3,) CSF, GM, WM mean intensities: uniform in [0, 1] each (any ordering), or in the given ranges."""
+    if means is None:
+        return rng.uniform(0.0, 1.0, 3)
+    return np.array([rng.uniform(*r) for r in means])
 
 
 def contrast_image(labels: np.ndarray, tissues: np.ndarray, mask: np.ndarray, rng=None, means=None,
                    full_random_prob: float = 0.25, label_jitter: float = 0.08, texture: float = 0.03,
                    blur_sigma: float = 0.8, bias: float = 0.3, lesion: np.ndarray | None = None,
-                   lesion_mean: float = 0.0, weak_prob: float = 0.0) -> np.ndarray:
+                   lesion_mean: float = 0.0) -> np.ndarray:
     """A healthy brain in a random contrast: the clean image (before the acquisition) of a label map.
 
     Parameters
@@ -89,7 +80,6 @@ def contrast_image(labels: np.ndarray, tissues: np.ndarray, mask: np.ndarray, rn
     lesion : optional lesion probability in [0, 1] (same shape): the tissue is replaced by ``lesion_mean``
         (on the scale of ``means``) before texture, blur, bias and normalisation, so a lesion keeps its
         place among the tissues (bright on FLAIR, dark on T1) whatever the normalisation does.
-    weak_prob : share of random contrasts with two tissues of nearly equal intensity (:func:`tissue_means`).
 
     Returns float32 in [0, 1] (percentiles 0.5-99.5 inside the brain), zero outside ``mask``.
     """
@@ -105,7 +95,7 @@ def contrast_image(labels: np.ndarray, tissues: np.ndarray, mask: np.ndarray, rn
         lookup = rng.uniform(0.0, 1.0, n)  # SynthSeg: one intensity per label
         image = lookup[labels]
     else:
-        mu = tissue_means(rng, means, weak_prob)
+        mu = tissue_means(rng, means)
         per_tissue = np.concatenate([[0.0], mu])
         tissue = np.clip(np.asarray(tissues).astype(np.int64), 0, 3)
         jitter = rng.normal(0.0, rng.uniform(0.0, label_jitter), n)
@@ -197,14 +187,12 @@ class SynthData:
         ``labels`` and ``tissues`` (int, same grid).
     synth_prob : share of samples rendered in a random contrast from labels (when any volume has them).
     prior : (3, X, Y, Z) tissue priors on the volumes' grid, or None.
-    weak_contrast_prob : share of random contrasts with two tissues of nearly equal intensity.
     """
 
     def __init__(self, volumes: list[dict], synth_prob: float = 0.7, prior: np.ndarray | None = None,
-                 min_fraction: float = 0.15, weak_contrast_prob: float = 0.0):
+                 min_fraction: float = 0.15):
         self.volumes = volumes
         self.synth_prob = synth_prob
-        self.weak_contrast_prob = weak_contrast_prob
         self.prior = prior
         self.slices, self.labelled = [], []
         for v, vol in enumerate(volumes):
@@ -218,8 +206,7 @@ class SynthData:
         self.n_volumes: dict[str, int] = {}
 
     @classmethod
-    def from_cache(cls, caches: list[Path] | Path, split: str = "train", synth_prob: float = 0.7,
-                   weak_contrast_prob: float = 0.0) -> "SynthData":
+    def from_cache(cls, caches: list[Path] | Path, split: str = "train", synth_prob: float = 0.7) -> "SynthData":
         """Every cached scan of ``split``, with its labels when ``prepare`` cached them (``--labels``)."""
         caches = [caches] if isinstance(caches, (str, Path)) else list(caches)
         volumes, counts = [], {}
@@ -233,7 +220,7 @@ class SynthData:
             raise FileNotFoundError(f"{', '.join(map(str, caches))}: no cached '{split}' scans; "
                                     "run 'python -m training prepare' first.")
         prior = mni152_tissue_priors() if volumes[0]["image"].shape == MNI_SHAPE else None
-        data = cls(volumes, synth_prob, prior, weak_contrast_prob=weak_contrast_prob)
+        data = cls(volumes, synth_prob, prior)
         data.n_volumes = counts
         return data
 
@@ -252,8 +239,7 @@ class SynthData:
         vol = self.volumes[v]
         mask = vol["mask"][..., z]
         if synth:
-            clean = contrast_image(vol["labels"][..., z], vol["tissues"][..., z], mask, rng,
-                                   weak_prob=self.weak_contrast_prob)
+            clean = contrast_image(vol["labels"][..., z], vol["tissues"][..., z], mask, rng)
         else:
             clean = vol["image"][..., z].astype(np.float32)
         labelled = "tissues" in vol
