@@ -10,15 +10,25 @@ from training.calibrate import calibrate_folder, healthy_maps, reconstructions
 from training.data import cached_split
 
 
-def test_calibrated_threshold_flags_the_fraction_of_val_voxels_and_is_written_to_the_card(tmp_path):
+def baseline_and_site(tmp_path):
+    """A copy of the intensity baseline's folder and a tiny healthy site cache."""
     cache = tmp_path / "site"
     cache.mkdir()
     healthy_cache(cache)
     folder = tmp_path / "model"
     shutil.copytree(find_card("intensity-t1").folder, folder)
-    result = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=None)
+    return folder, cache
+
+
+def val_maps(folder, cache):
     model = load_model(folder, "cpu")
-    maps, masks = healthy_maps(model, reconstructions(model, cached_split(cache, "val")))
+    return healthy_maps(model, reconstructions(model, cached_split(cache, "val")))
+
+
+def test_calibrated_threshold_flags_the_fraction_of_val_voxels_and_is_written_to_the_card(tmp_path):
+    folder, cache = baseline_and_site(tmp_path)
+    result = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=None)
+    maps, masks = val_maps(folder, cache)
     scores = np.concatenate([m[k] for m, k in zip(maps, masks)])
     threshold = result["threshold"]
     assert np.count_nonzero(scores >= threshold) <= 0.005 * scores.size + 1  # the quantile voxel itself
@@ -37,14 +47,9 @@ def test_calibrated_threshold_flags_the_fraction_of_val_voxels_and_is_written_to
 def test_volume_bound_caps_the_flagged_ml_per_val_scan(tmp_path):
     from training.calibrate import voxel_ml
 
-    cache = tmp_path / "site"
-    cache.mkdir()
-    healthy_cache(cache)
-    folder = tmp_path / "model"
-    shutil.copytree(find_card("intensity-t1").folder, folder)
+    folder, cache = baseline_and_site(tmp_path)
     share_only = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=None)["threshold"]
-    model = load_model(folder, "cpu")
-    maps, masks = healthy_maps(model, reconstructions(model, cached_split(cache, "val")))
+    maps, masks = val_maps(folder, cache)
     flagged_ml = [np.count_nonzero(m[k] >= share_only) * voxel_ml() for m, k in zip(maps, masks)]
     bound = 0.5 * float(np.mean(flagged_ml))  # half of what the share alone flags: the volume bound binds
     threshold = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=bound)["threshold"]
