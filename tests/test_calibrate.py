@@ -45,19 +45,20 @@ def test_calibrated_threshold_flags_the_fraction_of_val_voxels_and_is_written_to
 
 
 def test_volume_bound_caps_the_flagged_ml_per_val_scan(tmp_path):
-    from training.calibrate import voxel_ml
+    from napari_brainuad.template import mni152
 
+    voxel_ml = mni152().voxel_volume_ml
     folder, cache = baseline_and_site(tmp_path)
     share_only = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=None)["threshold"]
     maps, masks = val_maps(folder, cache)
-    flagged_ml = [np.count_nonzero(m[k] >= share_only) * voxel_ml() for m, k in zip(maps, masks)]
+    flagged_ml = [np.count_nonzero(m[k] >= share_only) * voxel_ml for m, k in zip(maps, masks)]
     bound = 0.5 * float(np.mean(flagged_ml))  # half of what the share alone flags: the volume bound binds
     threshold = calibrate_folder(folder, [cache], 0.005, "cpu", max_flagged_ml=bound)["threshold"]
     assert threshold > share_only
     scores = np.concatenate([m[k] for m, k in zip(maps, masks)])
     over, ties = np.count_nonzero(scores > threshold), np.count_nonzero(scores == threshold)
-    assert over * voxel_ml() / len(maps) <= bound  # strictly above the threshold: within the bound
-    assert (over + ties) * voxel_ml() / len(maps) >= 0.99 * bound  # the smallest such threshold
+    assert over * voxel_ml / len(maps) <= bound  # strictly above the threshold: within the bound
+    assert (over + ties) * voxel_ml / len(maps) >= 0.99 * bound  # the smallest such threshold
     calibration = json.loads((folder / "card.json").read_text())["metrics"]["calibration"]
     assert calibration["max_flagged_ml"] == bound and f"--max-flagged-ml {bound}" in calibration["command"]
 

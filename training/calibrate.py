@@ -2,9 +2,10 @@
 
 The threshold is the anomaly score that flags at most ``--max-flagged`` of the healthy brain
 voxels of the ``val`` split of each site cache and at most ``--max-flagged-ml`` per scan on average
-(the largest of the per-site thresholds, so no site exceeds either bound). The threshold each val scan alone would give is stored beside it, so the card shows
-which scan sets it (with a few val scans, one with an incidental finding can). The fraction flagged
-on each site's ``test`` split at that threshold is measured and stored too (never tuned on).
+(the largest of the per-site thresholds, so no site exceeds either bound). The threshold each val
+scan alone would give is stored beside it, so the card shows which scan sets it (with a few val scans,
+one with an incidental finding can). The fraction flagged on each site's ``test`` split at that
+threshold is measured and stored too (never tuned on).
 
 When the card's scoring is normative (``scoring.normative``), the voxel-wise healthy statistics of
 the residual are fitted on the pooled ``val`` scans of every site (mirrored left-right;
@@ -46,7 +47,7 @@ MAX_FLAGGED_ML = 5.0
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    """``--cache``, ``--max-flagged``, ``--max-flagged-ml`` and ``--device``, shared by every command that calibrates."""
+    """``--cache``, ``--max-flagged``, ``--max-flagged-ml`` and ``--device``: every command that calibrates."""
     p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
                    help="site caches made by 'prepare' (their val splits calibrate, their test splits are measured)")
     p.add_argument("--max-flagged", type=float, default=MAX_FLAGGED,
@@ -69,11 +70,6 @@ def reconstructions(model, files: list[Path], t_int=None) -> list[tuple[np.ndarr
             image, mask = z["image"], z["mask"]
         scans.append((image, model.reconstruct(image, mask, t_int=t_int), mask))
     return scans
-
-
-def voxel_ml() -> float:
-    """Volume (ml) of one voxel of the template grid the maps are calibrated on."""
-    return abs(float(np.linalg.det(mni152().affine[:3, :3]))) / 1000.0
 
 
 def healthy_maps(model, scans):
@@ -141,7 +137,7 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
                      "threshold_maps": "each val scan scored against statistics fitted without it"}
     else:
         val_maps = [healthy_maps(model, scans) for scans in val]
-    max_voxels = None if max_flagged_ml is None else max_flagged_ml / voxel_ml()
+    max_voxels = None if max_flagged_ml is None else max_flagged_ml / mni152().voxel_volume_ml
     thresholds = [calibrate_threshold(maps, masks, max_flagged, max_voxels) for maps, masks in val_maps]
     threshold = float(max(thresholds))
     per_scan = {cache.name: {path.stem: calibrate_threshold([m], [k], max_flagged, max_voxels)
@@ -160,7 +156,8 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
     sites = ", ".join(c.name for c in caches)
     data["metrics"]["calibration"] = {
         "command": f"python -m training calibrate {card.name} --cache {' '.join(map(str, caches))} "
-                   f"--max-flagged {max_flagged}" + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}"),
+                   f"--max-flagged {max_flagged}"
+                   + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}"),
         "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
         "max_flagged_ml": max_flagged_ml,
         "scoring": "normative" if normative else "residual", "normative": normative,

@@ -200,5 +200,4 @@ def left_hemisphere_ml(result) -> tuple[float, float]:
     template = arrays["preprocessed"].template
     flagged = arrays["anomaly_map"] >= result.threshold
     x = template.affine[0, 0] * np.arange(flagged.shape[0]) + template.affine[0, 3]
-    voxel_ml = abs(np.linalg.det(template.affine[:3, :3])) / 1000.0
-    return float(flagged[x < 0].sum() * voxel_ml), float(flagged.sum() * voxel_ml)
+    return float(flagged[x < 0].sum()) * template.voxel_volume_ml, float(flagged.sum()) * template.voxel_volume_ml

@@ -42,6 +42,10 @@ class Template:
     def spacing(self) -> np.ndarray:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
+
 
 @lru_cache(maxsize=1)
 def mni152() -> Template:
