@@ -161,7 +161,7 @@ def anatomy_folder(cache, tmp_path_factory):
     (tmp / "recipe.json").write_text(json.dumps(recipe))
     run, folder = tmp / "run", tmp / "model"
     assert training(["fit", str(tmp / "recipe.json"), "--data", str(cache), "--out", str(run), "--device", "cpu"]) == 0
-    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, device="cpu"))
+    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0, device="cpu"))
     return folder
 
 

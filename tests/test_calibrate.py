@@ -90,3 +90,41 @@ def test_scoring_variant_shares_the_weights_and_is_calibrated_for_its_own_scorin
     with pytest.raises(ModelError):
         make_variant("ae-t1", tmp_path / "bad", scoring={"polarity": "up"})
     assert not (tmp_path / "bad").exists()
+
+
+def test_outlier_scans_are_those_far_above_their_sites_median():
+    from training.calibrate import outlier_scans
+
+    assert outlier_scans({"a": 1.0, "b": 1.2, "c": 3.7}, 3.0) == ["c"]
+    assert outlier_scans({"a": 1.0, "b": 1.2, "c": 3.5}, 3.0) == []
+    assert outlier_scans({"a": 1.0, "b": 9.0}, 3.0) == []  # two scans: no median to trust
+    assert outlier_scans({"a": 1.0, "b": 1.2, "c": 37.0}, float("inf")) == []
+
+
+def test_a_val_scan_with_an_incidental_finding_is_left_out_and_named(tmp_path):
+    import csv
+
+    from napari_brainuad.scoring import calibrate_threshold
+    from napari_brainuad.template import mni152
+
+    folder, cache = baseline_and_site(tmp_path)
+    with np.load(cache / "sub2.npz") as z:
+        image, mask = z["image"].copy(), z["mask"]
+    centre = np.argwhere(mask).mean(axis=0).astype(int)
+    image[tuple(slice(c - 5, c + 5) for c in centre)] = 0.0  # a dark 8 ml focus: the baseline flags it
+    # (the baseline's scores saturate, so this scan's own threshold is 1.7x the others', not 3x: ratio 1.5)
+    np.savez_compressed(cache / "sub5.npz", image=image, mask=mask)
+    with open(cache / "splits.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["sub5", "sub5.nii.gz", "val"])
+    kept = calibrate_folder(folder, [cache], 0.005, "cpu", outlier_ratio=1.5)["threshold"]
+    calibration = json.loads((folder / "card.json").read_text())["metrics"]["calibration"]
+    assert calibration["left_out_scans"] == {"site": ["sub5"]} and "--outlier-ratio 1.5" in calibration["command"]
+    maps, masks = val_maps(folder, cache)
+    stems = [p.stem for p in cached_split(cache, "val")]
+    clean = [i for i, s in enumerate(stems) if s != "sub5"]
+    expected = calibrate_threshold([maps[i] for i in clean], [masks[i] for i in clean], 0.005,
+                                   5.0 / mni152().voxel_volume_ml)
+    assert kept == expected  # the threshold of the other val scans alone
+    every = calibrate_folder(folder, [cache], 0.005, "cpu", outlier_ratio=float("inf"))["threshold"]
+    assert every > kept  # with the finding in, that one scan would set the threshold
+    assert json.loads((folder / "card.json").read_text())["metrics"]["calibration"]["left_out_scans"] == {}

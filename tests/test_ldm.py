@@ -189,7 +189,7 @@ def fit_and_export(family: str, cache: Path, tmp: Path, **training_changes) -> P
     (tmp / f"{family}.json").write_text(json.dumps(recipe))
     run, folder = tmp / f"run-{family}", tmp / f"model-{family}"
     assert training(["fit", str(tmp / f"{family}.json"), "--data", str(cache), "--out", str(run), "--device", "cpu"]) == 0
-    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, device="cpu"))
+    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0, device="cpu"))
     return folder
 
 

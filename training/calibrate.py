@@ -3,9 +3,12 @@
 The threshold is the anomaly score that flags at most ``--max-flagged`` of the healthy brain
 voxels of the ``val`` split of each site cache and at most ``--max-flagged-ml`` per scan on average
 (the largest of the per-site thresholds, so no site exceeds either bound). The threshold each val
-scan alone would give is stored beside it, so the card shows which scan sets it (with a few val scans,
-one with an incidental finding can). The fraction flagged on each site's ``test`` split at that
-threshold is measured and stored too (never tuned on).
+scan alone would give is stored beside it. A "healthy" val scan can hold an incidental finding (an old
+lacune, say) that a good model rightly flags; with a few val scans, that one scan would set the threshold
+and hide such findings in every scan after it. So a val scan whose own threshold is more than
+``--outlier-ratio`` times its site's median (sites of 3 or more val scans) is left out of that site's
+threshold and named in the card. The fraction flagged on each site's ``test`` split at the threshold is
+measured and stored too (never tuned on).
 
 When the card's scoring is normative (``scoring.normative``), the voxel-wise healthy statistics of
 the residual are fitted on the pooled ``val`` scans of every site (mirrored left-right;
@@ -44,16 +47,22 @@ CACHE_CONTRAST = "T1"
 MAX_FLAGGED = 0.005
 MAX_FLAGGED_ML = 5.0
 """The healthy-scan targets a default threshold is calibrated for: at most 0.5 % of the brain and 5 ml per scan."""
+OUTLIER_RATIO = 3.0
+"""A val scan whose own threshold exceeds this many times its site's median is left out (an incidental finding)."""
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    """``--cache``, ``--max-flagged``, ``--max-flagged-ml`` and ``--device``: every command that calibrates."""
+    """``--cache``, ``--max-flagged``, ``--max-flagged-ml``, ``--outlier-ratio`` and ``--device``: every command
+    that calibrates."""
     p.add_argument("--cache", type=Path, nargs="+", default=[Path("cache/ixi"), Path("cache/oasis")],
                    help="site caches made by 'prepare' (their val splits calibrate, their test splits are measured)")
     p.add_argument("--max-flagged", type=float, default=MAX_FLAGGED,
                    help="largest fraction of healthy brain voxels flagged (default 0.005)")
     p.add_argument("--max-flagged-ml", type=float, default=MAX_FLAGGED_ML,
                    help="largest volume flagged per healthy scan, ml, on average (default 5)")
+    p.add_argument("--outlier-ratio", type=float, default=OUTLIER_RATIO,
+                   help="leave out a val scan whose own threshold exceeds this many times its site's median "
+                        "(an incidental finding; default 3, 'inf' keeps every scan)")
     p.add_argument("--device", default="auto")
 
 
@@ -110,17 +119,31 @@ def score_support(mask: np.ndarray, config: ScoringConfig) -> np.ndarray:
     return ndimage.binary_erosion(mask, iterations=config.erode) if config.erode else mask
 
 
+def outlier_scans(per_scan: dict[str, float], ratio: float) -> list[str]:
+    """Val scans whose own threshold exceeds ``ratio`` times the median of their site's (3 or more scans).
+
+    ``per_scan``: each val scan's threshold (:func:`napari_brainuad.scoring.calibrate_threshold` on that scan
+    alone), by name. A scan that alone needs a far higher threshold than its site's others most likely holds
+    a focal finding the model flags rightly, not scanner variation.
+    """
+    if len(per_scan) < 3:
+        return []
+    median = float(np.median(list(per_scan.values())))
+    return [stem for stem, t in per_scan.items() if t > ratio * median]
+
+
 def main(args) -> int:
-    result = calibrate_folder(args.model, args.cache, args.max_flagged, args.device, args.max_flagged_ml)
+    result = calibrate_folder(args.model, args.cache, args.max_flagged, args.device, args.max_flagged_ml,
+                              args.outlier_ratio)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLAGGED, device: str = "auto",
-                     max_flagged_ml: float | None = MAX_FLAGGED_ML) -> dict:
+                     max_flagged_ml: float | None = MAX_FLAGGED_ML, outlier_ratio: float = OUTLIER_RATIO) -> dict:
     """Set a model card's threshold from the healthy val splits; measure flagged voxels on the test splits.
 
-    ``max_flagged_ml`` None: the share bound alone.
+    ``max_flagged_ml`` None: the share bound alone. ``outlier_ratio``: see :func:`outlier_scans`.
     """
     model = load_model(model_ref, device)
     start = time.perf_counter()
@@ -138,11 +161,16 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
     else:
         val_maps = [healthy_maps(model, scans) for scans in val]
     max_voxels = None if max_flagged_ml is None else max_flagged_ml / mni152().voxel_volume_ml
-    thresholds = [calibrate_threshold(maps, masks, max_flagged, max_voxels) for maps, masks in val_maps]
-    threshold = float(max(thresholds))
     per_scan = {cache.name: {path.stem: calibrate_threshold([m], [k], max_flagged, max_voxels)
                              for path, m, k in zip(cached_split(cache, "val"), *maps_masks)}
                 for cache, maps_masks in zip(caches, val_maps)}
+    left_out = {site: outlier_scans(scans, outlier_ratio) for site, scans in per_scan.items()}
+    thresholds = []
+    for (site, scans), (maps, masks) in zip(per_scan.items(), val_maps):
+        keep = [i for i, stem in enumerate(scans) if stem not in left_out[site]]
+        thresholds.append(calibrate_threshold([maps[i] for i in keep], [masks[i] for i in keep], max_flagged,
+                                              max_voxels))
+    threshold = float(max(thresholds))
     flagged = {}
     for cache in caches:
         maps, masks = healthy_maps(model, reconstructions(model, cached_split(cache, "test"), t_int))
@@ -157,9 +185,11 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
     data["metrics"]["calibration"] = {
         "command": f"python -m training calibrate {card.name} --cache {' '.join(map(str, caches))} "
                    f"--max-flagged {max_flagged}"
-                   + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}"),
+                   + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}")
+                   + f" --outlier-ratio {outlier_ratio}",
         "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
-        "max_flagged_ml": max_flagged_ml,
+        "max_flagged_ml": max_flagged_ml, "outlier_ratio": outlier_ratio,
+        "left_out_scans": {site: stems for site, stems in left_out.items() if stems},
         "scoring": "normative" if normative else "residual", "normative": normative,
         "threshold": threshold, "per_site_thresholds": dict(zip([c.name for c in caches], thresholds)),
         "per_scan_thresholds": per_scan,

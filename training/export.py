@@ -76,7 +76,7 @@ def main(args) -> int:
             f"recipes/{recipe['name']}.json", f"recipes/{trained_as['name']}.json").replace(
             f"runs/{recipe['name']}", f"runs/{trained_as['name']}")
     write_card(folder, card)
-    calibrate_folder(folder, args.cache, args.max_flagged, args.device, args.max_flagged_ml)
+    calibrate_folder(folder, args.cache, args.max_flagged, args.device, args.max_flagged_ml, args.outlier_ratio)
     publish(folder, final)
     print(f"exported {recipe['name']} -> {final}")
     return 0

@@ -67,6 +67,7 @@ def make_variant(model_ref, out: Path, scoring_of=None, scoring: dict | None = N
 
 def main(args) -> int:
     out = make_variant(args.model, args.out, args.scoring_of, args.scoring)
-    result = calibrate_folder(out, args.cache, args.max_flagged, args.device, args.max_flagged_ml)
+    result = calibrate_folder(out, args.cache, args.max_flagged, args.device, args.max_flagged_ml,
+                              args.outlier_ratio)
     print(json.dumps({"model": str(out), **result}, indent=2))
     return 0
