@@ -57,6 +57,13 @@ def healthy_cache(folder: Path, pseudo_per_scan: int = 0) -> Path:
     return folder
 
 
+def export_run(run: Path, folder: Path, cache: Path) -> None:
+    """``python -m training export RUN --to FOLDER --cache CACHE`` on the CPU, every calibration option at its default."""
+    from training.__main__ import main as training
+
+    assert training(["export", str(run), "--to", str(folder), "--cache", str(cache), "--device", "cpu"]) == 0
+
+
 def near_lesion(findings, tolerance_mm: float = 6.0):
     """The findings whose centroid lies within ``tolerance_mm`` of the implanted lesion."""
     return [f for f in findings if np.linalg.norm(np.array(f.centroid_mm) - LESION_CENTRE_MM) < tolerance_mm]

@@ -4,7 +4,6 @@ into a model folder that detects, the accepted-contrasts card field and its warn
 labels cached through the scan's registration, and the per-contrast evaluation datasets.
 Self-contained: tiny synthetic volumes and labels, tiny models."""
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import healthy_cache, phantom_scan
+from conftest import export_run, healthy_cache, phantom_scan
 from napari_brainuad.cli import main as cli
 from napari_brainuad.io import Volume
 from napari_brainuad.models import ModelError, load_model, validate_card
@@ -22,7 +21,6 @@ from napari_brainuad.models.families.anatomy import AnatomyNet, class_edges, gum
 from napari_brainuad.pipeline import detect
 from napari_brainuad.quality import guess_contrast, measures, scan_warnings
 from napari_brainuad.template import mni152
-from training import export
 from training.__main__ import main as training
 from training.cases import contrast_cases
 from training.data import cached_labels, load_preprocessed
@@ -161,7 +159,7 @@ def anatomy_folder(cache, tmp_path_factory):
     (tmp / "recipe.json").write_text(json.dumps(recipe))
     run, folder = tmp / "run", tmp / "model"
     assert training(["fit", str(tmp / "recipe.json"), "--data", str(cache), "--out", str(run), "--device", "cpu"]) == 0
-    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0, device="cpu"))
+    export_run(run, folder, cache)
     return folder
 
 

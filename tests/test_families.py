@@ -2,7 +2,6 @@
 reconstruction, 3-step training from the command line into a loadable model folder, hostile
 architecture numbers refused, vqvae-tr's resampling and mae's masks checked on controlled inputs."""
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import nibabel as nib
@@ -11,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_hostile_card_refused, healthy_cache, phantom_scan
+from conftest import assert_hostile_card_refused, export_run, healthy_cache, phantom_scan
 from napari_brainuad.cli import main as cli
 from napari_brainuad.models import load_model, validate_card
 from napari_brainuad.models.families import learned_family
 from napari_brainuad.models.families.mae import MaskedAutoEncoderModel, inference_masks
 from napari_brainuad.models.families.vqvae_tr import VQVAETransformer, resample_unlikely
-from training import export
 from training.__main__ import main as training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +135,7 @@ def fit_and_export(family: str, cache: Path, tmp: Path, **training_changes) -> P
     (tmp / f"{family}.json").write_text(json.dumps(recipe))
     run, folder = tmp / f"run-{family}", tmp / f"model-{family}"
     assert training(["fit", str(tmp / f"{family}.json"), "--data", str(cache), "--out", str(run), "--device", "cpu"]) == 0
-    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0, device="cpu"))
+    export_run(run, folder, cache)
     return folder
 
 

@@ -3,7 +3,6 @@ slice-wise reconstruction at a given t_int, seeded; hostile architecture numbers
 adaptive group normalisation; ldm-tavg's averaging; the adversarial first stage resumes exactly; and
 3-step training of each stage from the command line into model folders that detect through the CLI."""
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_hostile_card_refused, healthy_cache, phantom_scan
+from conftest import assert_hostile_card_refused, export_run, healthy_cache, phantom_scan
 from napari_brainuad.cli import main as cli
 from napari_brainuad.models import ModelError, load_model, validate_card
 from napari_brainuad.models.families import learned_family
@@ -189,7 +188,7 @@ def fit_and_export(family: str, cache: Path, tmp: Path, **training_changes) -> P
     (tmp / f"{family}.json").write_text(json.dumps(recipe))
     run, folder = tmp / f"run-{family}", tmp / f"model-{family}"
     assert training(["fit", str(tmp / f"{family}.json"), "--data", str(cache), "--out", str(run), "--device", "cpu"]) == 0
-    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0, device="cpu"))
+    export_run(run, folder, cache)
     return folder
 
 

@@ -3,7 +3,6 @@ scanner-robust slabs and pseudo-pathology pairs."""
 import json
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import healthy_cache, phantom_scan
+from conftest import export_run, healthy_cache, phantom_scan
 from napari_brainuad.io import read_volume
 from napari_brainuad.models import load_model
 from napari_brainuad.pipeline import detect
@@ -53,7 +52,7 @@ def test_family_trains_exports_reloads_and_detects(family, cache, tmp_path):
     state = fit(recipe, data, run, "cpu")
     assert state["step"] == 3 and np.isfinite(state["loss"])
     folder = tmp_path / "model"
-    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0, device="cpu"))
+    export_run(run, folder, cache)
     card = json.loads((folder / "card.json").read_text())
     assert card["training"]["steps"] == 3 and card["metrics"]["calibration"]["data"].startswith("val splits of")
     model = load_model(folder, "cpu")
@@ -80,7 +79,7 @@ def test_export_publishes_the_model_folder_only_once_calibrated(cache, tmp_path,
         return calibrate(staged, *args)
 
     monkeypatch.setattr(export, "calibrate_folder", check_then_calibrate)
-    export.main(Namespace(run=run, to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0, device="cpu"))
+    export_run(run, folder, cache)
     assert "calibration" in json.loads((folder / "card.json").read_text())["metrics"]
     assert not (run / ".export").exists() and not (tmp_path / ".model.old").exists()
 
@@ -119,8 +118,7 @@ def test_float16_weights_are_exported_and_loaded(cache, tmp_path):
     recipe["weights_dtype"] = "float16"
     fit(recipe, SliceData.from_cache(cache, "train"), tmp_path / "run", "cpu")
     folder = tmp_path / "model"
-    export.main(Namespace(run=tmp_path / "run", to=folder, cache=[cache], max_flagged=0.005, max_flagged_ml=5.0, outlier_ratio=3.0,
-                          device="cpu"))
+    export_run(tmp_path / "run", folder, cache)
     stored = load_file(str(folder / "weights.safetensors"))
     assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
     model = load_model(folder, "cpu")

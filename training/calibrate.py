@@ -188,7 +188,8 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
                    + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}")
                    + f" --outlier-ratio {outlier_ratio}",
         "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
-        "max_flagged_ml": max_flagged_ml, "outlier_ratio": outlier_ratio,
+        "max_flagged_ml": max_flagged_ml,
+        "outlier_ratio": outlier_ratio if np.isfinite(outlier_ratio) else None,  # JSON has no infinity
         "left_out_scans": {site: stems for site, stems in left_out.items() if stems},
         "scoring": "normative" if normative else "residual", "normative": normative,
         "threshold": threshold, "per_site_thresholds": dict(zip([c.name for c in caches], thresholds)),

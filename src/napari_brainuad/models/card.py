@@ -300,5 +300,5 @@ def write_card(folder: Path, data: dict) -> Path:
     validate_card(data, Path(folder) / CARD_FILE)
     path = Path(folder) / CARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")  # readable back
     return path
