@@ -4,7 +4,7 @@ Run under a virtual display from the repository root:
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--model NAME]
 Writes docs/images/detect.png (sample + overlays + widget, the largest finding selected),
 threshold.png (the whole Detect widget), card.png (the model card dialog), mslub.png (an MS scan with
-its expert mask beside the model's mask), mslub-flair.png (its FLAIR under anatomy-any) and batch.png (the batch widget after a run over a temporary folder).
+its expert mask beside the model's mask), mslub-flair.png (its FLAIR under restore-any) and batch.png (the batch widget after a run over a temporary folder).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def main() -> None:
     for data, kwargs, kind in mslub_patient26_flair():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget.image.value = viewer.layers[0]
-    widget.model.setCurrentText("anatomy-any")
+    widget.model.setCurrentText("restore-any")
     widget.contrast.setCurrentIndex(widget.contrast.findData("FLAIR"))
     widget.run()
     wait(widget)

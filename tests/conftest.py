@@ -57,6 +57,21 @@ def healthy_cache(folder: Path, pseudo_per_scan: int = 0) -> Path:
     return folder
 
 
+def labelled_cache(folder: Path) -> Path:
+    """:func:`healthy_cache` with tissue and anatomical label maps beside each scan (by template intensity)."""
+    healthy_cache(folder)
+    tpl = mni152()
+    q = np.quantile(tpl.image[tpl.mask], [0.2, 0.6])
+    tissues = (np.digitize(tpl.image, q) + 1) * tpl.mask
+    labels = tissues * 10 + (np.indices(tpl.shape)[0] > 48) * tpl.mask
+    for path in folder.glob("sub*.npz"):
+        with np.load(path) as z:
+            image, mask = z["image"], z["mask"]
+        np.savez_compressed(path, image=image, mask=mask, labels=labels.astype(np.int16),
+                            tissues=tissues.astype(np.int16))
+    return folder
+
+
 def export_run(run: Path, folder: Path, cache: Path) -> None:
     """``python -m training export RUN --to FOLDER --cache CACHE`` on the CPU, every calibration option at its default."""
     from training.__main__ import main as training

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import export_run, healthy_cache, phantom_scan
+from conftest import export_run, labelled_cache, phantom_scan
 from napari_brainuad.cli import main as cli
 from napari_brainuad.io import Volume
 from napari_brainuad.models import ModelError, load_model, validate_card
@@ -127,21 +127,6 @@ def test_the_restorer_sees_only_the_anatomys_edges():
         net(dark, mask)
     changed = (seen[2] != seen[0]).any(1)[0]
     assert changed[11:17, 21:27].sum() == 0 and changed[9:19, 19:29].any() and not changed[:, :8].any()
-
-
-def labelled_cache(folder: Path) -> Path:
-    """:func:`healthy_cache` with tissue and anatomical label maps beside each scan (by template intensity)."""
-    healthy_cache(folder)
-    tpl = mni152()
-    q = np.quantile(tpl.image[tpl.mask], [0.2, 0.6])
-    tissues = (np.digitize(tpl.image, q) + 1) * tpl.mask
-    labels = tissues * 10 + (np.indices(tpl.shape)[0] > 48) * tpl.mask
-    for path in folder.glob("sub*.npz"):
-        with np.load(path) as z:
-            image, mask = z["image"], z["mask"]
-        np.savez_compressed(path, image=image, mask=mask, labels=labels.astype(np.int16),
-                            tissues=tissues.astype(np.int16))
-    return folder
 
 
 @pytest.fixture(scope="module")

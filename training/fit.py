@@ -51,7 +51,7 @@ def main(args) -> int:
     device = resolve_device(args.device) if world == 1 or not torch.cuda.is_available() else f"cuda:{rank}"
     out = Path(args.out)
     recipe["training"]["sites"] = [Path(c).name for c in args.data]
-    if "synth_prob" in recipe["training"]:  # contrasts rendered from label maps on the fly (the anatomy family)
+    if "synth_prob" in recipe["training"]:  # contrasts rendered from label maps on the fly (anatomy-any, restore-any)
         from .synth import SynthData
 
         data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"])

@@ -1,5 +1,5 @@
 """Any contrast from a label map (SynthSeg-style), synthetic lesions of any intensity, and the training
-slices of the ``anatomy`` family.
+slices of the any-contrast recipes (``anatomy-any``, ``restore-any``).
 
 The generator (Billot et al., SynthSeg, 2023) renders a brain from its labels: a random intensity per
 label, a little texture, partial-volume blur, a multiplicative bias field, then the acquisition (blur,
@@ -8,9 +8,9 @@ with a small jitter per anatomical label, so every ordering of the three tissues
 PD-like and others) comes out, or, on a share of draws, fully at random per label as in SynthSeg.
 Plain numpy and scipy on 2D slices or 3D volumes; every function takes a seeded ``rng``.
 
-:class:`SynthData` draws the ``anatomy`` family's training slices from site caches: synthetic contrasts
-of the labelled scans (OASIS labels cached by ``prepare``) and the real T1 scans of every site, each
-with, at random, a synthetic lesion (:mod:`napari_brainuad.synthetic` fluid-driven blobs) whose
+:class:`SynthData` draws the training slices of a recipe with ``training.synth_prob`` from site caches:
+synthetic contrasts of the labelled scans (OASIS labels cached by ``prepare``) and the real T1 scans of
+every site, each with, at random, a synthetic lesion (:mod:`napari_brainuad.synthetic` fluid-driven blobs) whose
 intensity is drawn per sample, so the model learns to remove lesions of any contrast. Each sample
 carries its healthy tissue labels where known and the MNI152 tissue priors moved with it.
 """
@@ -181,7 +181,7 @@ class AnatomyBatch(Batch):
 
 
 class SynthData:
-    """Training slices for the ``anatomy`` family from cached volumes, labelled (OASIS) or not (IXI).
+    """Training slices of any contrast from cached volumes, labelled (OASIS) or not (IXI).
 
     volumes : list of dicts with ``image`` (X, Y, Z) float32 in [0, 1], ``mask`` bool, and optionally
         ``labels`` and ``tissues`` (int, same grid).
@@ -270,9 +270,10 @@ class SynthData:
     def batch(self, size: int, generator: torch.Generator, augment: bool = True, robust: bool = False,
               context: int = 0, pseudo_prob: float = 0.5) -> AnatomyBatch:
         """``size`` samples drawn with ``generator`` (``pseudo_prob``: share with a synthetic lesion;
-        ``context`` must be 0: the family sees one slice)."""
+        ``context`` must be 0: contrasts are rendered one slice at a time)."""
         if context:
-            raise ValueError("the anatomy family sees one slice (context 0)")
+            raise ValueError(f"training on synthetic contrasts sees one slice: the recipe's architecture.context "
+                             f"must be 0, not {context}")
         seeds = torch.randint(2**31 - 1, (size,), generator=generator).tolist()
         samples = [self.sample(s, augment, robust, pseudo_prob) for s in seeds]
         return AnatomyBatch(*(torch.stack(t) for t in zip(*samples)))

@@ -1,6 +1,7 @@
 """``restore``: pseudo-pathology restoration (the idea behind UNA, Liu et al. 2025): a MONAI UNet
 trained on (slab with a synthetic anomaly, and optionally coarse noise) -> the healthy centre slice,
-so it learns to remove anomalies instead of copying them."""
+so it learns to remove anomalies instead of copying them. A recipe with ``training.synth_prob`` trains it on
+SynthSeg-style random contrasts (``training/synth.py``) beside real T1 slices, for any contrast (``restore-any``)."""
 from __future__ import annotations
 
 from ..slicewise import SliceModel
