@@ -229,3 +229,17 @@ def test_cancel_stops_batch_within_two_seconds_and_resumes(make_napari_viewer, q
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
     assert [widget.table.item(r, 1).text() for r in range(3)][0] == "skipped"
     assert len(list((tmp_path / "out").glob("*_findings.csv"))) == 3
+
+
+@pytest.mark.parametrize("kind", [DetectWidget, BatchWidget])
+def test_docked_widget_fits_its_width_with_long_names(make_napari_viewer, qtbot, kind):
+    """A long layer name or choice is cut inside its box, not allowed to widen the widget past its dock."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 4, 4)), name="a scan whose file name is far longer than any dock is wide " * 2)
+    widget = kind(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    body = widget.scroll.widget()
+    assert body.minimumSizeHint().width() < 400
+    widget.resize(widget.scroll.minimumWidth(), 900)
+    qtbot.waitUntil(lambda: widget.scroll.viewport().width() >= body.minimumSizeHint().width(), timeout=5000)
+    assert not widget.scroll.horizontalScrollBar().isVisible()

@@ -5,12 +5,14 @@ import logging
 
 from napari.qt.threading import create_worker
 from napari.utils import notifications, progress
-from qtpy.QtWidgets import QFrame, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from ..io import InputError
 from ..models import ModelError
 
 log = logging.getLogger(__name__)
+COMBO_CHARACTERS = 14
+"""Characters a choice box shows at its narrowest."""
 
 
 class JobFailed(Exception):
@@ -47,11 +49,20 @@ class WorkerWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
 
     def set_body(self, layout) -> None:
-        """Put ``layout`` in a scroll area filling the widget, so docked widgets never squeeze their contents."""
+        """Put ``layout`` in a scroll area filling the widget, so docked widgets never squeeze their contents.
+
+        Choice boxes shrink to a few characters (long layer names and choices are cut, the full text is in
+        the list) and the scroll area asks for the body's full width, so a dock opens without a sideways
+        scroll bar.
+        """
         body = QWidget()
         body.setLayout(layout)
+        for box in body.findChildren(QComboBox):
+            box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            box.setMinimumContentsLength(COMBO_CHARACTERS)
         self.scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.NoFrame)
         self.scroll.setWidget(body)
+        self.scroll.setMinimumWidth(body.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width())
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.scroll)
