@@ -164,6 +164,46 @@ def paint_lesion(image: np.ndarray, P: np.ndarray, mask: np.ndarray, intensity: 
     return (out * np.asarray(mask, bool)).astype(np.float32)
 
 
+def lesion_through_slices(P: np.ndarray, context: int, rng=None, half_depth: tuple[float, float] = (0.5, 3.0),
+                          ) -> np.ndarray:
+    """A 2D lesion ``P`` (X, Y) continued into ``context`` neighbouring slices on each side, as an ellipsoid.
+
+    The lesion's half-depth ``h`` (slices) is drawn from ``half_depth`` and its equator's offset from the
+    centre slice uniformly within ``h / 2``; a slice at ``d`` slices from the centre shows the cross-section
+    scaled by ``sqrt(1 - ((d - offset) / h)^2)`` relative to the centre's, made by grey-level erosion (smaller)
+    or dilation (larger) of ``P`` with a disk, so its texture follows. Returns (2 * context + 1, X, Y)
+    float32 with ``P`` itself at index ``context``; no random draw when ``context`` is 0.
+    """
+    P = np.asarray(P, np.float32)
+    if context == 0:
+        return P[None]
+    rng = _rng(rng)
+    h = rng.uniform(*half_depth)
+    offset = rng.uniform(-h / 2, h / 2)
+    inside = P > 0.5
+    radius = float(ndimage.distance_transform_edt(inside).max()) if inside.any() else 0.0
+
+    def scale(d: float) -> float:
+        return float(np.sqrt(max(0.0, 1.0 - ((d - offset) / h) ** 2)))
+
+    out = np.zeros((2 * context + 1, *P.shape), np.float32)
+    for i, d in enumerate(range(-context, context + 1)):
+        if d == 0:
+            out[i] = P
+            continue
+        r = scale(d) / max(scale(0), 1e-6)
+        if r == 0.0:
+            continue
+        step = int(round(radius * abs(1.0 - r)))
+        if step == 0:
+            out[i] = P
+            continue
+        yy, xx = np.mgrid[-step:step + 1, -step:step + 1]
+        disk = xx ** 2 + yy ** 2 <= step ** 2
+        out[i] = (ndimage.grey_erosion if r < 1 else ndimage.grey_dilation)(P, footprint=disk)
+    return out
+
+
 @dataclass
 class AnatomyBatch(Batch):
     """A :class:`~training.data.Batch` with what the ``anatomy`` family's objective also needs.
@@ -227,8 +267,21 @@ class SynthData:
     def __len__(self) -> int:
         return len(self.slices)
 
-    def sample(self, seed: int, augment: bool = True, robust: bool = False, lesion_prob: float = 0.5) -> tuple:
-        """One training sample (input, target, mask, lesion, tissue, prior) as tensors, all from ``seed``."""
+    def _slab(self, array: np.ndarray, z: int, context: int) -> np.ndarray:
+        """(X, Y, 2 * context + 1) slices of an (X, Y, Z) array around ``z``; zeros beyond the grid."""
+        lo, hi = z - context, z + context + 1
+        out = np.zeros((*array.shape[:2], hi - lo), dtype=array.dtype)
+        out[..., max(0, -lo):out.shape[-1] - max(0, hi - array.shape[-1])] = array[..., max(0, lo):hi]
+        return out
+
+    def sample(self, seed: int, augment: bool = True, robust: bool = False, lesion_prob: float = 0.5,
+               context: int = 0) -> tuple:
+        """One training sample (input, target, mask, lesion, tissue, prior) as tensors, all from ``seed``.
+
+        The input has ``2 * context + 1`` channels: the centre slice and its neighbours, rendered in one
+        contrast (a slab of the label map), each masked by its own brain mask as at inference; a lesion
+        drawn on the centre slice continues into the neighbours (:func:`lesion_through_slices`).
+        """
         from . import augment as aug
         from .data import SliceData
 
@@ -237,43 +290,52 @@ class SynthData:
         pool = self.labelled if synth else self.slices
         v, z = pool[int(rng.integers(len(pool)))]
         vol = self.volumes[v]
-        mask = vol["mask"][..., z]
+        n = 2 * context + 1
+        masks = self._slab(vol["mask"], z, context)
+        mask = masks[..., context]
+        flat = (lambda a: a[..., 0]) if n == 1 else (lambda a: a)  # one slice: rendered and degraded in 2D
         if synth:
-            clean = contrast_image(vol["labels"][..., z], vol["tissues"][..., z], mask, rng)
+            clean = contrast_image(flat(self._slab(vol["labels"], z, context)),
+                                   flat(self._slab(vol["tissues"], z, context)), flat(masks), rng)
+            clean = clean.reshape(masks.shape)
         else:
-            clean = vol["image"][..., z].astype(np.float32)
+            clean = self._slab(vol["image"], z, context).astype(np.float32)
+        clean = clean.transpose(2, 0, 1)  # (n, X, Y)
         labelled = "tissues" in vol
         tissue = np.clip(vol["tissues"][..., z].astype(np.int64), 0, 3) * mask if labelled else np.zeros(mask.shape, int)
         prior = self.prior[:, :, :, z] if self.prior is not None else np.zeros((3, *mask.shape), np.float32)
-        stack = torch.from_numpy(np.concatenate([clean[None], mask[None].astype(np.float32),
+        stack = torch.from_numpy(np.concatenate([clean, masks.transpose(2, 0, 1).astype(np.float32),
                                                  np.eye(4, dtype=np.float32)[tissue].transpose(2, 0, 1), prior]))
         if augment:
             stack = SliceData._spatial(stack, int(rng.integers(2**31 - 1)))
-        clean, mask_t = stack[:1], (stack[1:2] > 0.5).float()
-        tissue_t = stack[2:6].argmax(dim=0, keepdim=True) * mask_t.long() if labelled else \
+        clean, masks_t = stack[:n], (stack[n:2 * n] > 0.5).float()
+        mask_t = masks_t[context:context + 1]
+        tissue_t = stack[2 * n:2 * n + 4].argmax(dim=0, keepdim=True) * mask_t.long() if labelled else \
             torch.full((1, *mask.shape), -1, dtype=torch.long)
-        prior_t = stack[6:9] * mask_t
-        clean = clean.clamp(0, 1) * mask_t
-        m = mask_t[0].numpy() > 0
+        prior_t = stack[2 * n + 4:2 * n + 7] * mask_t
+        clean = clean.clamp(0, 1) * masks_t
+        m = masks_t.numpy() > 0  # (n, X, Y)
         if not synth and robust:
-            clean = aug.appearance(clean, mask_t, int(rng.integers(2**31 - 1)))
-        sick, lesion = clean[0].numpy(), np.zeros(m.shape, bool)
-        if m.sum() > 50 and rng.random() < lesion_prob:
-            sick, lesion = add_lesion(sick, m, rng)
+            clean = aug.appearance(clean, masks_t, int(rng.integers(2**31 - 1)))
+        sick, lesion = clean.numpy().copy(), np.zeros(m.shape, bool)
+        if m[context].sum() > 50 and rng.random() < lesion_prob:
+            intensity = float(rng.uniform(0.0, 1.0))
+            P = fluid_pathology(random_blobs(m[context], rng), m[context], rng)
+            P = lesion_through_slices(P, context, rng) * m
+            sick = paint_lesion(sick, P, m, intensity, rng)
+            lesion = (P > 0.5) & m
         if synth:
-            sick = degrade(sick, m, rng)
+            sick = degrade(flat(sick.transpose(1, 2, 0)), flat(m.transpose(1, 2, 0)), rng)
+            sick = sick.reshape(m.shape[1:] + (n,)).transpose(2, 0, 1)
         elif robust:
-            sick = aug.acquisition(torch.from_numpy(sick)[None], mask_t, int(rng.integers(2**31 - 1)))[0].numpy()
-        return (torch.from_numpy(np.ascontiguousarray(sick, np.float32))[None], clean, mask_t,
-                torch.from_numpy(lesion).float()[None], tissue_t, prior_t)
+            sick = aug.acquisition(torch.from_numpy(sick), masks_t, int(rng.integers(2**31 - 1))).numpy()
+        return (torch.from_numpy(np.ascontiguousarray(sick, np.float32)), clean[context:context + 1], mask_t,
+                torch.from_numpy(lesion[context:context + 1]).float(), tissue_t, prior_t)
 
     def batch(self, size: int, generator: torch.Generator, augment: bool = True, robust: bool = False,
               context: int = 0, pseudo_prob: float = 0.5) -> AnatomyBatch:
         """``size`` samples drawn with ``generator`` (``pseudo_prob``: share with a synthetic lesion;
-        ``context`` must be 0: contrasts are rendered one slice at a time)."""
-        if context:
-            raise ValueError(f"training on synthetic contrasts sees one slice: the recipe's architecture.context "
-                             f"must be 0, not {context}")
+        ``context``: neighbouring slices on each side of the centre slice, as extra input channels)."""
         seeds = torch.randint(2**31 - 1, (size,), generator=generator).tolist()
-        samples = [self.sample(s, augment, robust, pseudo_prob) for s in seeds]
+        samples = [self.sample(s, augment, robust, pseudo_prob, context) for s in seeds]
         return AnatomyBatch(*(torch.stack(t) for t in zip(*samples)))
