@@ -11,7 +11,7 @@ from ..io import InputError
 from ..models import ModelError
 
 log = logging.getLogger(__name__)
-COMBO_CHARACTERS = 14
+COMBO_CHARACTERS = 10
 """Characters a choice box shows at its narrowest."""
 
 
@@ -26,6 +26,20 @@ def one_sentence(exc: BaseException, limit: int = 200) -> str:
     if not isinstance(exc, (InputError, ModelError, JobFailed)):
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+class _BodyScroll(QScrollArea):
+    """A vertical scroll area at least as wide as its body (in the body's final style), beside its scroll bar."""
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        self.updateGeometry()  # the body's hint changes once the viewer's style reaches it
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        if self.widget() is not None:
+            hint.setWidth(self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width())
+        return hint
 
 
 class WorkerWidget(QWidget):
@@ -60,9 +74,8 @@ class WorkerWidget(QWidget):
         for box in body.findChildren(QComboBox):
             box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             box.setMinimumContentsLength(COMBO_CHARACTERS)
-        self.scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.NoFrame)
+        self.scroll = _BodyScroll(widgetResizable=True, frameShape=QFrame.NoFrame)
         self.scroll.setWidget(body)
-        self.scroll.setMinimumWidth(body.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width())
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.scroll)
