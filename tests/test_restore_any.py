@@ -16,6 +16,7 @@ from napari_brainuad.cli import main as cli
 from napari_brainuad.models import load_model
 from napari_brainuad.template import mni152
 from training.__main__ import main as training
+from training.data import axial_slab
 from training.synth import SynthData, lesion_through_slices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_context_slabs_hold_the_neighbouring_slices_each_masked_by_its_own_brain
         for i, zz in enumerate((k - 1, k, k + 1)):
             expected = (image * mask)[..., zz] if 0 <= zz < 40 else np.zeros((32, 32))
             np.testing.assert_allclose(sick[i].numpy(), expected, atol=1e-6)
-    assert np.array_equal(data._slab(image, 0, 1)[..., 0], np.zeros((32, 32)))  # beyond the grid: zeros
+    assert np.array_equal(axial_slab(image, 0, 1)[..., 0], np.zeros((32, 32)))  # beyond the grid: zeros
 
 
 def test_synthetic_contrast_slabs_carry_one_contrast_and_a_lesion(cache):

@@ -114,6 +114,14 @@ def cached_split(cache_dir: Path, split: str) -> list[Path]:
                 if row["split"] == split and (Path(cache_dir) / f"{row['file'].split('.')[0]}.npz").exists()]
 
 
+def axial_slab(array: np.ndarray, z: int, context: int) -> np.ndarray:
+    """(X, Y, 2 * context + 1) axial slices of an (X, Y, Z) array around ``z``, its dtype kept; zeros beyond the grid."""
+    lo, hi = z - context, z + context + 1
+    out = np.zeros((*array.shape[:2], hi - lo), dtype=array.dtype)
+    out[..., max(0, -lo):out.shape[-1] - max(0, hi - array.shape[-1])] = array[..., max(0, lo):hi]
+    return out
+
+
 def cached_volumes(caches: list[Path] | Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, mask) of every cached scan of ``split`` in the given site caches."""
     caches = [caches] if isinstance(caches, (str, Path)) else caches
@@ -202,13 +210,8 @@ class SliceData:
         return len(self.slices)
 
     def _slab(self, array: torch.Tensor, z: int, context: int) -> torch.Tensor:
-        """(2 * context + 1, X, Y) slices around ``z`` of an (X, Y, Z) array; zeros beyond the grid."""
-        depth = array.shape[-1]
-        out = torch.zeros((2 * context + 1, *array.shape[:2]), dtype=torch.float32)
-        for i, zz in enumerate(range(z - context, z + context + 1)):
-            if 0 <= zz < depth:
-                out[i] = array[..., zz].float()
-        return out
+        """(2 * context + 1, X, Y) float32 slices around ``z`` of an (X, Y, Z) tensor (:func:`axial_slab`)."""
+        return torch.from_numpy(axial_slab(array.numpy(), z, context)).permute(2, 0, 1).float()
 
     def batch(self, size: int, generator: torch.Generator, augment: bool = True, robust: bool = False,
               context: int = 0, pseudo_prob: float = 0.0) -> Batch:

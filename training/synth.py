@@ -26,7 +26,7 @@ from scipy import ndimage
 from napari_brainuad.synthetic import fluid_pathology, random_blobs, smooth_noise
 from napari_brainuad.template import MNI_SHAPE, mni152_tissue_priors
 
-from .data import Batch, cached_split
+from .data import Batch, axial_slab, cached_split
 
 TISSUES = ("CSF", "GM", "WM")
 """Tissue classes of the ``*_tissues`` maps, labels 1, 2, 3 (0: outside the brain)."""
@@ -141,9 +141,11 @@ def degrade(image: np.ndarray, mask: np.ndarray, rng=None, blur_prob: float = 0.
 
 
 def add_lesion(image: np.ndarray, mask: np.ndarray, rng=None, intensity: float | tuple[float, float] = (0.0, 1.0),
-               fraction: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               fraction: tuple[float, float] | None = None, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One fluid-driven lesion (random blobs advected and diffused, Liu et al. 2025) of one intensity.
 
+    ``image`` and ``mask`` are one slice (X, Y), or a slab (2 * context + 1, X, Y) whose lesion is drawn on
+    the centre slice and continued into the neighbours (:func:`lesion_through_slices`).
     The lesion replaces the tissue where its probability ``P`` is high: ``(1 - P) x + P v`` with ``v``
     drawn from ``intensity`` (a range; a number fixes it), plus a little texture. Returns the image
     (float32, [0, 1]) and the lesion mask ``P > 0.5`` (may be empty on a slice where the blob dissolved).
@@ -151,7 +153,10 @@ def add_lesion(image: np.ndarray, mask: np.ndarray, rng=None, intensity: float |
     rng = _rng(rng)
     mask = np.asarray(mask, bool)
     v = float(rng.uniform(*intensity)) if isinstance(intensity, tuple) else float(intensity)
-    P = fluid_pathology(random_blobs(mask, rng, fraction), mask, rng)
+    centre = mask[context] if mask.ndim == 3 else mask
+    P = fluid_pathology(random_blobs(centre, rng, fraction), centre, rng)
+    if mask.ndim == 3:
+        P = lesion_through_slices(P, context, rng) * mask
     return paint_lesion(image, P, mask, v, rng), (P > 0.5) & mask
 
 
@@ -267,13 +272,6 @@ class SynthData:
     def __len__(self) -> int:
         return len(self.slices)
 
-    def _slab(self, array: np.ndarray, z: int, context: int) -> np.ndarray:
-        """(X, Y, 2 * context + 1) slices of an (X, Y, Z) array around ``z``; zeros beyond the grid."""
-        lo, hi = z - context, z + context + 1
-        out = np.zeros((*array.shape[:2], hi - lo), dtype=array.dtype)
-        out[..., max(0, -lo):out.shape[-1] - max(0, hi - array.shape[-1])] = array[..., max(0, lo):hi]
-        return out
-
     def sample(self, seed: int, augment: bool = True, robust: bool = False, lesion_prob: float = 0.5,
                context: int = 0) -> tuple:
         """One training sample (input, target, mask, lesion, tissue, prior) as tensors, all from ``seed``.
@@ -291,15 +289,15 @@ class SynthData:
         v, z = pool[int(rng.integers(len(pool)))]
         vol = self.volumes[v]
         n = 2 * context + 1
-        masks = self._slab(vol["mask"], z, context)
+        masks = axial_slab(vol["mask"], z, context)
         mask = masks[..., context]
         flat = (lambda a: a[..., 0]) if n == 1 else (lambda a: a)  # one slice: rendered and degraded in 2D
         if synth:
-            clean = contrast_image(flat(self._slab(vol["labels"], z, context)),
-                                   flat(self._slab(vol["tissues"], z, context)), flat(masks), rng)
+            clean = contrast_image(flat(axial_slab(vol["labels"], z, context)),
+                                   flat(axial_slab(vol["tissues"], z, context)), flat(masks), rng)
             clean = clean.reshape(masks.shape)
         else:
-            clean = self._slab(vol["image"], z, context).astype(np.float32)
+            clean = axial_slab(vol["image"], z, context).astype(np.float32)
         clean = clean.transpose(2, 0, 1)  # (n, X, Y)
         labelled = "tissues" in vol
         tissue = np.clip(vol["tissues"][..., z].astype(np.int64), 0, 3) * mask if labelled else np.zeros(mask.shape, int)
@@ -317,13 +315,9 @@ class SynthData:
         m = masks_t.numpy() > 0  # (n, X, Y)
         if not synth and robust:
             clean = aug.appearance(clean, masks_t, int(rng.integers(2**31 - 1)))
-        sick, lesion = clean.numpy().copy(), np.zeros(m.shape, bool)
+        sick, lesion = clean.numpy(), np.zeros(m.shape, bool)
         if m[context].sum() > 50 and rng.random() < lesion_prob:
-            intensity = float(rng.uniform(0.0, 1.0))
-            P = fluid_pathology(random_blobs(m[context], rng), m[context], rng)
-            P = lesion_through_slices(P, context, rng) * m
-            sick = paint_lesion(sick, P, m, intensity, rng)
-            lesion = (P > 0.5) & m
+            sick, lesion = add_lesion(sick, m, rng, context=context)
         if synth:
             sick = degrade(flat(sick.transpose(1, 2, 0)), flat(m.transpose(1, 2, 0)), rng)
             sick = sick.reshape(m.shape[1:] + (n,)).transpose(2, 0, 1)
