@@ -17,6 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .template import AffineGrid
+
 SUFFIXES = (".nii", ".nii.gz", ".mgz")
 MAX_VOXELS = 600**3
 """Largest volume accepted (voxels); refused from the header, before any allocation."""
@@ -33,7 +35,7 @@ class OutputError(ValueError):
 
 
 @dataclass
-class Volume:
+class Volume(AffineGrid):
     """A 3D image on its own grid.
 
     Attributes
@@ -53,15 +55,6 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.data.shape)
-
-    @property
-    def spacing(self) -> np.ndarray:
-        """Voxel size along each array axis, mm."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
-
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
 
     @property
     def name(self) -> str:

@@ -17,8 +17,23 @@ MNI_START = (2, 3, 0)
 """Template voxel at grid voxel (0, 0, 0); keeps the whole brain mask inside the grid."""
 
 
+class AffineGrid:
+    """Geometry read off an ``affine`` attribute ((4, 4) voxel-to-world matrix, mm)."""
+
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size along each array axis, mm."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
+
+
 @dataclass(frozen=True, eq=False)
-class Template:
+class Template(AffineGrid):
     """A fixed image grid that preprocessing registers to and models run on.
 
     Attributes
@@ -37,14 +52,6 @@ class Template:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.image.shape)
-
-    @property
-    def spacing(self) -> np.ndarray:
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
-
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
 
 
 @lru_cache(maxsize=1)
