@@ -46,6 +46,20 @@ def test_anomaly_map_switches():
     assert scaled[mask].min() == 0.0 and scaled[mask].max() == pytest.approx(1.0)
     smooth = anomaly_map(x, recon, mask, ScoringConfig(shift=0, median_size=3, erode=0))
     assert smooth[mask].std() < plain[mask].std()
+    blurred = anomaly_map(x, recon, mask, ScoringConfig(shift=0, median_size=0, gaussian_sigma=1.0, erode=0))
+    assert blurred[mask].std() < plain[mask].std()
+
+
+def test_gaussian_smoothing_keeps_a_score_on_a_thin_anomaly_that_the_median_erases():
+    mask = np.ones((16, 16, 16), bool)
+    image = np.zeros((16, 16, 16), np.float32)
+    image[8, 8, 4:12] = 1.0  # a line one voxel thick: a minority of every 3x3x3 neighbourhood
+    recon = np.zeros_like(image)
+    median = anomaly_map(image, recon, mask, ScoringConfig(shift=0, median_size=3, erode=0))
+    gauss = anomaly_map(image, recon, mask, ScoringConfig(shift=0, median_size=0, gaussian_sigma=1.0, erode=0))
+    assert not median.any()
+    assert gauss[8, 8, 4:12].min() > gauss[8, 11, 4:12].max() > 0  # highest on the line, falling off it
+    assert gauss[0, 0, 0] < 1e-6
 
 
 def test_calibrate_threshold_flags_at_most_the_fraction():

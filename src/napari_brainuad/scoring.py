@@ -4,7 +4,7 @@ The anomaly map follows the seed pipeline, each step a switch (see :class:`Scori
 shift-tolerant residual, optionally weighted by the LPIPS map (the conditional-diffusion seed),
 optionally replaced by its normative score (how unusual the residual is for that location of the
 template grid, against :class:`NormativeStats` of healthy scans), optional min-max normalisation,
-median filter, eroded brain mask.
+median filter and/or Gaussian smoothing, eroded brain mask.
 Sizes are in voxels of the grid the arrays live on (the 2 mm model grid for bundled models:
 the seed's median size 5 and 6 erosions at 1 mm become 3 and 3).
 """
@@ -34,6 +34,9 @@ class ScoringConfig:
         this many voxels along each axis (0 = plain absolute residual).
     minmax : rescale the map to [0, 1] inside the brain (per volume).
     median_size : side of the cubic median filter (0 or 1 = off).
+    gaussian_sigma : standard deviation (voxels) of a Gaussian that smooths the map after the median
+        filter (0 = off). Unlike the median, it keeps a graded score on small or thin anomalies
+        that a median of mostly unremarkable neighbours would set to exactly zero.
     erode : binary erosions of the brain mask before masking the map (0 = off).
     lpips : multiply the residual by the LPIPS (AlexNet) map of each axial slice
         (:func:`napari_brainuad.lpips_offline.lpips_map`; bundled weights, offline).
@@ -49,6 +52,7 @@ class ScoringConfig:
     shift: int = 1
     minmax: bool = False
     median_size: int = 3
+    gaussian_sigma: float = 0.0
     erode: int = 3
     lpips: bool = False
     normative: bool = False
@@ -129,7 +133,7 @@ def anomaly_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
 def score_residual(score: np.ndarray, mask: np.ndarray, config: ScoringConfig = ScoringConfig(), *,
                    normative: NormativeStats | None = None) -> np.ndarray:
     """The steps of :func:`anomaly_map` after the residual (:func:`residual_map`): normative score,
-    eroded brain mask, min-max, median filter."""
+    eroded brain mask, min-max, median filter, Gaussian smoothing."""
     if config.normative:
         if normative is None:
             raise ValueError("normative scoring is switched on but no normative statistics were given "
@@ -142,6 +146,8 @@ def score_residual(score: np.ndarray, mask: np.ndarray, config: ScoringConfig = 
         score = np.where(brain, (score - lo) / max(hi - lo, 1e-8), 0.0)
     if config.median_size > 1:
         score = ndimage.median_filter(score, size=config.median_size)
+    if config.gaussian_sigma > 0:
+        score = ndimage.gaussian_filter(score, sigma=config.gaussian_sigma)
     return np.where(brain, score, 0.0).astype(np.float32)
 
 

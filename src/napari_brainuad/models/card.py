@@ -123,6 +123,7 @@ SCHEMA = {
                 "shift": {"type": "integer", "minimum": 0, "maximum": 4},
                 "minmax": {"type": "boolean"},
                 "median_size": {"type": "integer", "minimum": 0, "maximum": 11},
+                "gaussian_sigma": {"type": "number", "minimum": 0, "maximum": 5},
                 "erode": {"type": "integer", "minimum": 0, "maximum": 10},
                 "lpips": {"type": "boolean"},
                 "normative": {"type": "boolean"},
