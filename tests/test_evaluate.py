@@ -181,7 +181,11 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
     shutil.copytree(bundled_folder() / "intensity-t1", baseline)
     card = json.loads((baseline / "card.json").read_text())
     (baseline / "card.json").write_text(json.dumps({**card, "threshold": 0.3}))
-    args = ["evaluate", "--models", str(baseline), "--data", str(data), "--cache", str(cache), "--out", str(out),
+    smoothed = tmp_path / "intensity-smoothed"  # another intensity model (a scoring variant) gets its bright twin
+    shutil.copytree(baseline, smoothed)
+    (smoothed / "card.json").write_text(json.dumps({**card, "name": "intensity-smoothed", "threshold": 0.3,
+                                                    "scoring": {**card["scoring"], "gaussian_sigma": 1.0}}))
+    args = ["evaluate", "--models", str(baseline), str(smoothed), "--data", str(data), "--cache", str(cache), "--out", str(out),
             "--per-scan", "2", "--no-card-update", "--threads", "1"]
     assert training_main(args) == 0
     report = (out / "RESULTS.md").read_text()
@@ -196,13 +200,15 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
     assert list(rows) == DATASETS + CONTRAST_DATASETS  # the baseline is scored on every contrast
     bright = {r["dataset"]: r for r in table if r["model"] == "intensity-bright"}
     assert list(bright) == CONTRAST_DATASETS  # the bright baseline on the other contrasts only
+    twin = {r["dataset"]: r for r in table if r["model"] == "intensity-smoothed-bright"}
+    assert list(twin) == CONTRAST_DATASETS and twin != bright
     assert float(bright["OASIS FLAIR-like + fluid"]["AP"]) > float(rows["OASIS FLAIR-like + fluid"]["AP"])
     assert float(rows["OASIS T1-like + fluid"]["AP"]) > float(bright["OASIS T1-like + fluid"]["AP"])
     assert float(rows["MSLUB-26 T1"]["AP"]) > 0.3  # the dark phantom lesion
     assert rows["OASIS healthy"]["volumes"] == "3" and rows["OASIS + fluid"]["volumes"] == "3"
     assert rows["OASIS rescans"]["volumes"] == "1" and 0 <= float(rows["OASIS rescans"]["rescan Dice"]) <= 1
     with open(out / "results-per-volume.csv", newline="") as f:
-        per_volume = list(csv.DictReader(f))
+        per_volume = [r for r in csv.DictReader(f) if r["model"] == "intensity-t1"]
     assert [r["case"] for r in per_volume if r["dataset"] == "OASIS rescans"] == ["1003 & 1023"]
     brain = int(mni152().mask.sum())
     for site in ("IXI healthy", "OASIS healthy"):

@@ -182,9 +182,12 @@ def main(args) -> int:
     contrasts = build_contrast_datasets(args.data, args.cache, args.contrast_per_scan, args.seed) \
         if args.contrast_per_scan else {}
     summaries, volumes, plots, speed, families = [], [], {}, {}, {}
+    bright_refs = [BASELINE]  # the bundled baseline, and any other intensity model evaluated (a scoring variant)
     for name in args.models or model_names():
         model = load_model(name, args.device)
         families[model.card.name] = model.card.family
+        if model.card.family == "intensity" and model.card.name != BASELINE:
+            bright_refs.append(name)
         other = contrasts if set(model.card.accepted_contrasts) - {"T1"} or model.card.family == "intensity" else {}
         model_summaries, model_volumes, plots[model.card.name] = evaluate_model(model, {**datasets, **other})
         start = time.perf_counter()
@@ -194,8 +197,8 @@ def main(args) -> int:
         volumes += model_volumes
         if not args.no_card_update:
             _update_card(name, model_summaries, speed[model.card.name], args)
-    if contrasts:  # the intensity baseline for bright lesions, scored on the other contrasts only
-        bright = bright_baseline(args.device)
+    for ref in bright_refs if contrasts else []:  # intensity baselines for bright lesions, other contrasts only
+        bright = bright_baseline(args.device, ref)
         families[bright.card.name] = bright.card.family
         bright_summaries, bright_volumes, plots[bright.card.name] = evaluate_model(bright, contrasts)
         summaries += bright_summaries
@@ -205,11 +208,13 @@ def main(args) -> int:
     return 0
 
 
-def bright_baseline(device: str = "cpu"):
-    """The bundled intensity baseline with its polarity turned to bright lesions (T2, FLAIR, DWI), named
-    ``intensity-bright``; its threshold is the T1 card's and is not reported."""
-    card = find_card(BASELINE)
-    data = {**card.data, "name": "intensity-bright", "architecture": {**card.architecture, "polarity": "bright"}}
+def bright_baseline(device: str = "cpu", ref=BASELINE):
+    """An intensity baseline (the bundled one unless ``ref`` names another, e.g. a scoring variant) with its
+    polarity turned to bright lesions (T2, FLAIR, DWI), named ``intensity-bright`` for the bundled one and
+    ``<name>-bright`` otherwise; its threshold is the T1 card's and is not reported."""
+    card = find_card(ref)
+    name = "intensity-bright" if card.name == BASELINE else f"{card.name}-bright"
+    data = {**card.data, "name": name, "architecture": {**card.architecture, "polarity": "bright"}}
     return FAMILIES["intensity"](ModelCard(data, card.folder), device)
 
 
