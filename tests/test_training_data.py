@@ -97,3 +97,24 @@ def test_slice_model_feeds_neighbouring_slices_as_channels():
     slices = np.flatnonzero(tpl.mask.any(axis=(0, 1)))[:-1]
     expected = np.where(tpl.mask, np.clip(np.roll(image, -1, axis=2), 0, 1), 0)
     np.testing.assert_allclose(out[:, :, slices], expected[:, :, slices], atol=1e-6)
+
+
+def test_balanced_sites_are_drawn_equally_often_and_the_default_is_unchanged():
+    """Three volumes of one site and one of another: balanced draws split the sites about evenly."""
+    tpl = mni152()
+    image = tpl.image.astype(np.float32)
+    volumes = [(image * s, tpl.mask) for s in (0.97, 0.98, 0.99, 1.0)]  # volume 3 is the small site's
+    sites = np.array([0, 0, 0, 1])
+    plain = SliceData.from_volumes(volumes, sites=sites)
+    balanced = SliceData.from_volumes(volumes, sites=sites, balance_sites=True)
+
+    def small_site_share(data):
+        g = torch.Generator().manual_seed(0)
+        return np.mean([int(data._draw(data.slices, g)[0]) == 3 for _ in range(2000)])
+
+    assert 0.45 < small_site_share(balanced) < 0.55
+    assert 0.2 < small_site_share(plain) < 0.3
+    default = SliceData.from_volumes(volumes)  # no sites: the draws of an unbalanced run, bit for bit
+    a = default.batch(4, torch.Generator().manual_seed(5), augment=False)
+    b = plain.batch(4, torch.Generator().manual_seed(5), augment=False)
+    torch.testing.assert_close(a.input, b.input)

@@ -163,17 +163,20 @@ class SliceData:
     pseudo : per volume, a (K, X, Y, Z) float16 tensor of anomalous copies and their (K, X, Y, Z)
         bool lesion masks (see :mod:`training.pseudo`), or None.
     Only centre slices whose brain area is at least ``min_fraction`` of the volume's largest
-    slice are drawn.
+    slice are drawn. ``sites`` (N,) numbers each volume's scanner; with ``balance_sites`` every draw
+    picks a scanner uniformly first, so a site with fewer training scans is seen as often as the others.
     """
 
     def __init__(self, volumes: np.ndarray, masks: np.ndarray, pseudo: list | None = None,
-                 min_fraction: float = 0.15):
+                 min_fraction: float = 0.15, sites: np.ndarray | None = None, balance_sites: bool = False):
         self.volumes = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))
         self.masks = torch.from_numpy(np.ascontiguousarray(masks, dtype=bool))
         area = self.masks.sum(dim=(1, 2)).float()  # (N, Z)
         keep = area >= min_fraction * area.max(dim=1, keepdim=True).values
         self.slices = keep.nonzero()  # (M, 2): volume, z
         self.pseudo = pseudo
+        self.sites = torch.zeros(len(self.volumes), dtype=torch.long) if sites is None else torch.as_tensor(sites)
+        self.balance_sites = balance_sites
         self.n_volumes: dict[str, int] = {}
         """Training scans per site cache (set by :meth:`from_cache`)."""
         if pseudo is not None:  # (volume, copy, z) where the copy's lesion crosses a kept slice
@@ -184,12 +187,15 @@ class SliceData:
             self.lesion_slices = torch.tensor(rows, dtype=torch.long)
 
     @classmethod
-    def from_volumes(cls, volumes: list[tuple[np.ndarray, np.ndarray]], pseudo: list | None = None) -> "SliceData":
-        return cls(np.stack([v[0] for v in volumes]), np.stack([v[1] for v in volumes]), pseudo)
+    def from_volumes(cls, volumes: list[tuple[np.ndarray, np.ndarray]], pseudo: list | None = None,
+                     **kwargs) -> "SliceData":
+        return cls(np.stack([v[0] for v in volumes]), np.stack([v[1] for v in volumes]), pseudo, **kwargs)
 
     @classmethod
-    def from_cache(cls, caches: list[Path] | Path, split: str = "train", pseudo: bool = False) -> "SliceData":
-        """Cached volumes of ``split`` from site caches, with their pseudo-pathology copies if ``pseudo``."""
+    def from_cache(cls, caches: list[Path] | Path, split: str = "train", pseudo: bool = False,
+                   balance_sites: bool = False) -> "SliceData":
+        """Cached volumes of ``split`` from site caches, with their pseudo-pathology copies if ``pseudo``;
+        each cache is one site (``balance_sites``: draw the sites equally often)."""
         caches = [caches] if isinstance(caches, (str, Path)) else list(caches)
         volumes = cached_volumes(caches, split)
         copies = None
@@ -202,8 +208,10 @@ class SliceData:
                                             "--pseudo-per-scan K' first.")
                 with np.load(copy) as z:
                     copies.append((torch.from_numpy(z["images"]), torch.from_numpy(z["lesions"])))
-        data = cls.from_volumes(volumes, copies)
-        data.n_volumes = {Path(c).name: len(cached_split(c, split)) for c in caches}
+        counts = [len(cached_split(c, split)) for c in caches]
+        sites = np.repeat(np.arange(len(caches)), counts)
+        data = cls.from_volumes(volumes, copies, sites=sites, balance_sites=balance_sites)
+        data.n_volumes = {Path(c).name: n for c, n in zip(caches, counts)}
         return data
 
     def __len__(self) -> int:
@@ -230,11 +238,11 @@ class SliceData:
         seeds = torch.randint(2**31 - 1, (size, 3), generator=generator)
         for draw, seed in zip(draws, seeds):
             if self.pseudo is not None and draw < pseudo_prob:
-                v, k, z = self.lesion_slices[torch.randint(len(self.lesion_slices), (1,), generator=generator)][0]
+                v, k, z = self._draw(self.lesion_slices, generator)
                 sick = self._slab(self.pseudo[v][0][k], int(z), context)
                 lesion = self.pseudo[v][1][k][..., int(z)].float()[None]
             else:
-                v, z = self.slices[torch.randint(len(self), (1,), generator=generator)][0]
+                v, z = self._draw(self.slices, generator)
                 sick, lesion = None, torch.zeros((1, *self.volumes.shape[1:3]))
             clean = self._slab(self.volumes[v], int(z), context)
             mask = self.masks[v][..., int(z)].float()[None]
@@ -253,6 +261,14 @@ class SliceData:
             masks.append(mask)
             lesions.append(lesion)
         return Batch(*(torch.stack(t) for t in (inputs, targets, masks, lesions)))
+
+    def _draw(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One row (volume index first) of ``rows``, uniformly; with ``balance_sites``, of a uniformly drawn site."""
+        if self.balance_sites:
+            row_sites = self.sites[rows[:, 0]]
+            present = row_sites.unique()
+            rows = rows[row_sites == present[torch.randint(len(present), (1,), generator=generator)]]
+        return rows[torch.randint(len(rows), (1,), generator=generator)][0]
 
     @staticmethod
     def _spatial(stack: torch.Tensor, seed: int) -> torch.Tensor:

@@ -56,7 +56,8 @@ def main(args) -> int:
 
         data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"])
     else:
-        data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0)
+        data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0,
+                                    balance_sites=recipe["training"].get("balance_sites", False))
     state = fit(recipe, data, out, device, args.resume, rank, world)
     if rank == 0:
         print(f"{recipe['name']}: {state['step']} steps, final loss {state['loss']:.5f}, "
