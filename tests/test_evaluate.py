@@ -207,6 +207,15 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
     assert float(rows["MSLUB-26 T1"]["AP"]) > 0.3  # the dark phantom lesion
     assert rows["OASIS healthy"]["volumes"] == "3" and rows["OASIS + fluid"]["volumes"] == "3"
     assert rows["OASIS rescans"]["volumes"] == "1" and 0 <= float(rows["OASIS rescans"]["rescan Dice"]) <= 1
+    ixi_fluid = rows["IXI + fluid"]  # IXI's first 3 of 4 copies draw the same anomalies as OASIS's 3
+    assert ixi_fluid["volumes"] == "4" and ixi_fluid["paired volumes"] == "3"
+    lines = report.splitlines()
+    header = next(i for i, line in enumerate(lines) if "AP IXI + fluid (paired copies)" in line)
+    cells = next(line for line in lines[header:] if line.startswith("| intensity-t1 |")).strip(" |").split(" | ")
+    paired, oasis_ap, ratio = (float(c) for c in cells[2:5])
+    assert paired == pytest.approx(float(ixi_fluid["AP paired"]), abs=1e-3)
+    assert oasis_ap == pytest.approx(float(rows["OASIS + fluid"]["AP"]), abs=1e-3)
+    assert ratio == pytest.approx(oasis_ap / paired, rel=0.05)
     with open(out / "results-per-volume.csv", newline="") as f:
         per_volume = [r for r in csv.DictReader(f) if r["model"] == "intensity-t1"]
     assert [r["case"] for r in per_volume if r["dataset"] == "OASIS rescans"] == ["1003 & 1023"]

@@ -62,6 +62,9 @@ class Dataset:
     cases: list[Case] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)
     """Names of cases that are two scans of one brain (first, second): rescans to compare."""
+    paired: int = 0
+    """The first ``paired`` cases draw the same anomalies, copy for copy, as another site's dataset
+    (:func:`fluid_cases`): their pooled AP compares the two scanners on the same mix of anomalies."""
 
     @property
     def healthy(self) -> bool:
@@ -173,7 +176,8 @@ def build_datasets(data: Path, cache: Path, per_scan: int = 4, seed: int = 0,
                 f"1.5T, skull-stripped; {len(pairs)} subjects scanned twice (false positives off IXI).", oasis, pairs),
         Dataset("IXI + shapes", f"IXI `test` with one box or ellipsoid of 20-30 mm and uniform random intensity "
                 f"(Malé et al.), {per_scan} per scan, half of each kind.", shape_cases(ixi, per_scan, seed)),
-        Dataset("IXI + fluid", f"IXI `test` with {fluid.format(per_scan)}", fluid_cases(ixi, p0_masks, per_scan, seed)),
+        Dataset("IXI + fluid", f"IXI `test` with {fluid.format(per_scan)}", fluid_cases(ixi, p0_masks, per_scan, seed),
+                paired=min(len(ixi) * per_scan, len(oasis) * oasis_per_scan)),
         Dataset("OASIS + fluid", f"OASIS-1 `test` with {fluid.format(oasis_per_scan)}",
                 fluid_cases(oasis, p0_masks, oasis_per_scan, seed)),
         Dataset("MSLUB-26 T1", "MSLUB patient26: multiple sclerosis, T1, consensus lesion mask.", real[:1]),
