@@ -16,7 +16,7 @@ from napari_brainuad.template import mni152
 from training.__main__ import main as training_main
 from training.cases import CONTRAST_LESION_CASES, LESION_CASES, Case, Dataset, cached_cases, fluid_cases, shape_cases
 from training.evaluate import (BASELINE, beats_baseline, best_model_verdict, evaluate_dataset, flagged_ml,
-                               rescan_agreement, rescan_summary)
+                               lesion_kept, rescan_agreement, rescan_summary)
 
 
 def healthy(n: int = 2, seed: int = 0) -> list[Case]:
@@ -137,6 +137,20 @@ def test_pooled_metrics_and_false_positive_rate():
     assert healthy_plot["curve"][0].size == 0
 
 
+def test_lesion_kept_is_zero_when_removed_and_one_when_copied():
+    rng = np.random.default_rng(0)
+    healthy = rng.random((8, 8, 8)).astype(np.float32)
+    lesion = np.zeros(healthy.shape, bool)
+    lesion[2:5, 2:5, 2:5] = True
+    image = np.where(lesion, healthy - 0.3 * rng.random(healthy.shape), healthy).astype(np.float32)
+    assert lesion_kept(healthy, image, healthy, lesion) == pytest.approx(0.0)
+    assert lesion_kept(image, image, healthy, lesion) == pytest.approx(1.0)
+    half = healthy + 0.5 * (image - healthy)
+    assert lesion_kept(half, image, healthy, lesion) == pytest.approx(0.5)
+    blur = healthy + np.where(lesion, 0.05 * rng.standard_normal(healthy.shape), 0)  # errors unrelated to it
+    assert abs(lesion_kept(blur, image, healthy, lesion)) < 0.3
+
+
 def fake_layout(tmp_path):
     """Data (OASIS participants, real lesion phantoms) and a two-site cache: 2 IXI and 3 OASIS test scans.
 
@@ -219,6 +233,9 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
     with open(out / "results-per-volume.csv", newline="") as f:
         per_volume = [r for r in csv.DictReader(f) if r["model"] == "intensity-t1"]
     assert [r["case"] for r in per_volume if r["dataset"] == "OASIS rescans"] == ["1003 & 1023"]
+    kept = [float(r["lesion kept"]) for r in per_volume if r["dataset"] == "IXI + fluid"]
+    assert len(kept) == 4 and all(np.isfinite(kept))  # the baseline's "reconstruction" ignores the lesion
+    assert not any(r["lesion kept"] for r in per_volume if r["dataset"] in ("MSLUB-26 T1", "IXI healthy"))
     brain = int(mni152().mask.sum())
     for site in ("IXI healthy", "OASIS healthy"):
         scans = [r for r in per_volume if r["dataset"] == site]

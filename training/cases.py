@@ -53,6 +53,8 @@ class Case:
     """The original file, for timing a full ``detect`` (real cases only)."""
     contrast: str = "T1"
     """The scan's contrast, as a user would state it (it settles an ``"auto"`` scoring polarity)."""
+    healthy: np.ndarray | None = None
+    """The same scan without its synthetic anomaly (synthetic cases drawn on a real healthy scan)."""
 
 
 @dataclass
@@ -122,7 +124,8 @@ def shape_cases(healthy: list[Case], per_scan: int, seed: int) -> list[Case]:
         for k in range(per_scan):
             kind = ("rectangle", "ellipse")[k % 2]
             image, lesion = shape_anomaly(case.image, case.mask, np.random.default_rng([seed, i, k]), kind)
-            cases.append(Case(f"{case.name} {kind} {k}", image.astype(np.float32), case.mask, lesion, kind))
+            cases.append(Case(f"{case.name} {kind} {k}", image.astype(np.float32), case.mask, lesion, kind,
+                              healthy=case.image))
     return cases
 
 
@@ -156,7 +159,7 @@ def fluid_cases(healthy: list[Case], p0_masks: dict[str, np.ndarray], per_scan: 
                 if lesion.any():
                     break
             cases.append(Case(f"{case.name} fluid:{source} {k}", image.astype(np.float32), case.mask,
-                              lesion & case.mask, f"fluid:{source}"))
+                              lesion & case.mask, f"fluid:{source}", healthy=case.image))
     return cases
 
 

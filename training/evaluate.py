@@ -45,14 +45,14 @@ TARGET_PERCENT, TARGET_ML = 0.5, 5.0
 """Targets for the median share (%) and volume (ml) of a healthy brain flagged per scan."""
 AGREEMENT = ["rescan Dice", "flagged 1 in 2", "flagged 2 in 1"]
 VOLUME_COLUMNS = ["dataset", "case", "model", "polarity", "lesion voxels", "AP", "AUROC", "best Dice", "FPR@best",
-                  "Dice@thr", "FPR@thr",
+                  "Dice@thr", "FPR@thr", "lesion kept",
                   "flagged %", "flagged ml", "SSIM", "MAE", *AGREEMENT, "seconds"]
-SUMMARY_COLUMNS = ["dataset", "model", "volumes", "AP", "AP paired", "paired volumes", "AUROC", "best Dice", "mean best Dice", "FPR@best", "Dice@thr",
-                   "FPR@thr",
+SUMMARY_COLUMNS = ["dataset", "model", "volumes", "AP", "AP paired", "paired volumes", "AUROC", "best Dice",
+                   "mean best Dice", "FPR@best", "Dice@thr", "FPR@thr", "lesion kept", "lesion kept paired",
                    "median flagged %", "median flagged ml", "max flagged ml", "SSIM", "MAE", *AGREEMENT,
                    "pairs both empty", "seconds"]
 HEALTHY_KEYS = ["SSIM", "MAE", "FPR@thr", "median flagged %", "median flagged ml", "max flagged ml", "seconds"]
-LESION_KEYS = ["AP", "AUROC", "best Dice", "mean best Dice", "Dice@thr", "FPR@thr", "seconds"]
+LESION_KEYS = ["AP", "AUROC", "best Dice", "mean best Dice", "Dice@thr", "FPR@thr", "lesion kept", "seconds"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,6 +98,15 @@ def rescan_summary(model: str, pairs: list[tuple[str, str]], flagged: dict) -> t
     return summary, rows
 
 
+def lesion_kept(reconstruction: np.ndarray, image: np.ndarray, healthy: np.ndarray, lesion: np.ndarray) -> float:
+    """How much of a synthetic anomaly the reconstruction keeps, over its lesion voxels: the least-squares
+    coefficient of (reconstruction - healthy scan) on (image - healthy scan). 0: the anomaly is removed (or
+    the reconstruction errs in ways unrelated to it, as blur does); 1: copied into the "pseudo-healthy" image."""
+    anomaly = (image - healthy)[lesion].astype(np.float64)
+    power = float(anomaly @ anomaly)
+    return float((reconstruction - healthy)[lesion].astype(np.float64) @ anomaly / power) if power > 0 else float("nan")
+
+
 def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
     """Summary row, per-volume rows, and material for figures and rescans.
 
@@ -129,6 +138,8 @@ def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
             best, at = best_dice(s, t)
             row.update({"AP": average_precision(s, t), "AUROC": auroc(s, t), "best Dice": best,
                         "FPR@best": false_positive_rate(s >= at, t), "Dice@thr": dice(flagged, t)})
+            if case.healthy is not None:
+                row["lesion kept"] = lesion_kept(recon, case.image, case.healthy, case.lesion)
         if dataset.pairs:
             kept[case.name] = (score >= card.threshold) & case.mask
         rows.append(row)
@@ -142,6 +153,8 @@ def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
         summary["AP paired"] = average_precision(np.concatenate(scores[:dataset.paired]),
                                                  np.concatenate(truths[:dataset.paired]))
         summary["paired volumes"] = min(dataset.paired, len(rows))
+        if "lesion kept" in rows[0]:
+            summary["lesion kept paired"] = float(np.nanmean([r["lesion kept"] for r in rows[:dataset.paired]]))
     curve = (np.empty(0), np.empty(0), float("nan"))
     if not dataset.healthy:
         precision, recall, _ = precision_recall(s, t)
@@ -152,9 +165,9 @@ def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
 def _summary(dataset: Dataset, model: str, rows: list[dict], s: np.ndarray, t: np.ndarray) -> dict:
     """A dataset's summary row from its per-volume rows and its pooled scores ``s`` and truth ``t``."""
     summary = {"dataset": dataset.name, "model": model, "volumes": len(rows)}
-    for key in ("SSIM", "MAE", "FPR@thr", "FPR@best", "Dice@thr", "seconds"):
+    for key in ("SSIM", "MAE", "FPR@thr", "FPR@best", "Dice@thr", "lesion kept", "seconds"):
         if key in rows[0]:
-            summary[key] = float(np.mean([r[key] for r in rows]))
+            summary[key] = float(np.nanmean([r[key] for r in rows]))
     if dataset.healthy:
         ml = [r["flagged ml"] for r in rows]
         summary.update({"median flagged %": float(np.median([r["flagged %"] for r in rows])),
@@ -337,8 +350,9 @@ def _targets(summaries: list[dict], real: dict) -> list[str]:
     healthy = [[m, *(by[d, m][k] for d in sites for k in ("median flagged %", "median flagged ml")), meets(m)]
                for m in models]
     paired = {m: by["IXI + fluid", m].get("AP paired", by["IXI + fluid", m]["AP"]) for m in models}
+    kept = {m: by["IXI + fluid", m].get("lesion kept paired", by["IXI + fluid", m]["lesion kept"]) for m in models}
     fluid = [[m, by["IXI + fluid", m]["AP"], paired[m], by["OASIS + fluid", m]["AP"],
-              by["OASIS + fluid", m]["AP"] / paired[m]] for m in models]
+              by["OASIS + fluid", m]["AP"] / paired[m], kept[m], by["OASIS + fluid", m]["lesion kept"]] for m in models]
 
     lesions = [[m, *(real[c][m]["AP"] for c in real),
                 "-" if BASELINE not in models or m == BASELINE else
@@ -351,9 +365,12 @@ def _targets(summaries: list[dict], real: dict) -> list[str]:
             "Synthetic fluid anomalies should be found as well on the second scanner (OASIS) as on IXI. Copy j of "
             "either dataset draws the same source, lesion contrast and evolution seed; IXI has more copies (more "
             "scans times `--per-scan`), so the ratio compares OASIS with IXI's first copies, the ones paired with "
-            "OASIS's (the same mix of anomaly sources and sizes; pooled AP weighs large lesions most).", "",
+            "OASIS's (the same mix of anomaly sources and sizes; pooled AP weighs large lesions most). **lesion "
+            "kept**: how much of the anomaly the reconstruction keeps (least-squares coefficient of reconstruction "
+            "minus the healthy scan on the anomaly, over its voxels; 0 removed, 1 copied), mean over the same copies.",
+            "",
             *table(["model", "AP IXI + fluid (all)", "AP IXI + fluid (paired copies)", "AP OASIS + fluid",
-                    "OASIS / IXI (paired)"], fluid), "",
+                    "OASIS / IXI (paired)", "lesion kept IXI (paired)", "lesion kept OASIS"], fluid), "",
             f"Each model should beat the intensity baseline (`{BASELINE}`) on every real case (AP per case).", "",
             *table(["model", *(f"AP {c}" for c in real), f"beats {BASELINE} on"], lesions), "",
             best_model_verdict(real, models), ""]
