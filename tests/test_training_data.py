@@ -118,3 +118,15 @@ def test_balanced_sites_are_drawn_equally_often_and_the_default_is_unchanged():
     a = default.batch(4, torch.Generator().manual_seed(5), augment=False)
     b = plain.batch(4, torch.Generator().manual_seed(5), augment=False)
     torch.testing.assert_close(a.input, b.input)
+
+
+def test_balanced_sites_is_refused_for_synthetic_contrast_recipes(tmp_path):
+    import json
+
+    from training.__main__ import main as training
+
+    recipe = tmp_path / "any.json"
+    recipe.write_text(json.dumps({"name": "any", "family": "restore", "architecture": {},
+                                  "training": {"synth_prob": 0.5, "balance_sites": True}}))
+    with pytest.raises(ValueError, match="balance_sites.*any.json|any.json.*balance_sites"):
+        training(["fit", str(recipe), "--data", str(tmp_path), "--out", str(tmp_path / "run")])

@@ -54,6 +54,10 @@ def main(args) -> int:
     if "synth_prob" in recipe["training"]:  # contrasts rendered from label maps on the fly (anatomy-any, restore-any)
         from .synth import SynthData
 
+        if recipe["training"].get("balance_sites"):
+            raise ValueError(f"{args.recipe}: 'balance_sites' is not implemented for synthetic-contrast recipes "
+                             "('synth_prob'); remove one of the two.")
+
         data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"])
     else:
         data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0,
