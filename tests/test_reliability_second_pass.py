@@ -186,11 +186,19 @@ def test_full_disk_in_a_batch_is_an_error_row_and_the_batch_goes_on(tmp_path, mo
 
 # ---- 5. Ctrl-C during registration ----------------------------------------------------------
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT at its default, as an interactive shell starts a job. A child inherits
+    an ignored SIGINT (Python then installs no KeyboardInterrupt handler), and a test run started in the
+    background by a non-interactive shell (``pytest &``, ``nohup``) has SIGINT ignored: there the CLI ran to
+    the end and exited 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_during_registration(cmd: list[str]) -> tuple[int, str]:
-    """Run ``cmd`` in its own session (job control: SIGINT is not ignored), SIGINT its process group once
+    """Run ``cmd`` in its own session with SIGINT not ignored (job control), SIGINT its process group once
     registration has started."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     seen = b""
     while b"registration" not in seen:
         chunk = os.read(proc.stdout.fileno(), 4096)
