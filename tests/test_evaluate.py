@@ -234,7 +234,7 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
         per_volume = [r for r in csv.DictReader(f) if r["model"] == "intensity-t1"]
     assert [r["case"] for r in per_volume if r["dataset"] == "OASIS rescans"] == ["1003 & 1023"]
     kept = [float(r["lesion kept"]) for r in per_volume if r["dataset"] == "IXI + fluid"]
-    assert len(kept) == 4 and all(np.isfinite(kept))  # the baseline's "reconstruction" ignores the lesion
+    assert len(kept) == 4 and all(np.isfinite(kept))  # every synthetic case carries its healthy scan
     assert not any(r["lesion kept"] for r in per_volume if r["dataset"] in ("MSLUB-26 T1", "IXI healthy"))
     brain = int(mni152().mask.sum())
     for site in ("IXI healthy", "OASIS healthy"):

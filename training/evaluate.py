@@ -353,7 +353,6 @@ def _targets(summaries: list[dict], real: dict) -> list[str]:
     kept = {m: by["IXI + fluid", m].get("lesion kept paired", by["IXI + fluid", m]["lesion kept"]) for m in models}
     fluid = [[m, by["IXI + fluid", m]["AP"], paired[m], by["OASIS + fluid", m]["AP"],
               by["OASIS + fluid", m]["AP"] / paired[m], kept[m], by["OASIS + fluid", m]["lesion kept"]] for m in models]
-
     lesions = [[m, *(real[c][m]["AP"] for c in real),
                 "-" if BASELINE not in models or m == BASELINE else
                 f"{sum(beats_baseline(real, c, m) == 'yes' for c in real)} of {len(real)}"] for m in models]
