@@ -208,6 +208,7 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
                                                  "The conditional-diffusion seed's Table 1 (Lawry Aguila et al.)"]:
         assert f"## {name}" in report
     assert report.index("## Targets") < report.index("## IXI healthy") and f"--cache {cache}" in report
+    assert f"--no-card-update --out {out}`" in report  # the command that made it, rerunnable as written
     with open(out / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     rows = {r["dataset"]: r for r in table if r["model"] == "intensity-t1"}

@@ -272,7 +272,7 @@ def _command(args) -> str:
     models = f" --models {' '.join(map(str, args.models))}" if args.models else ""
     return (f"python -m training evaluate{models} --data {args.data} --cache {args.cache} --per-scan {args.per_scan} "
             f"--oasis-per-scan {args.oasis_per_scan} --contrast-per-scan {args.contrast_per_scan} --seed {args.seed} "
-            f"--threads {args.threads}")
+            f"--threads {args.threads}{' --no-card-update' if args.no_card_update else ''} --out {args.out}")
 
 
 def _update_card(name: str, summaries: list[dict], detect_seconds: float, args) -> None:
