@@ -63,6 +63,8 @@ def measures(image: np.ndarray, mask: np.ndarray, template: Template) -> dict:
     both = mask & template.mask
     coverage = float(both.sum() / template.mask.sum())
     values, labels = image[both], bins[both]
+    if not values.size:  # no brain on the template: nothing to measure
+        return {"coverage": coverage, "brain_likeness": 0.0, "means": {name: float("nan") for name in tissue}}
     total = float(values.var()) * values.size
     counts = np.bincount(labels, minlength=BINS)
     sums = np.bincount(labels, weights=values, minlength=BINS)
