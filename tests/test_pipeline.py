@@ -1,6 +1,6 @@
 import csv
-import warnings
 import re
+import warnings
 
 import nibabel as nib
 import numpy as np
