@@ -55,3 +55,16 @@ def test_unknown_family(tmp_path):
     (tmp_path / "card.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="unknown model family"):
         load_model(tmp_path, "cpu")
+
+
+def test_a_card_with_scan_scaled_scoring_says_so_and_maps_in_those_units():
+    from napari_brainuad.scoring import ScoringConfig
+    from napari_brainuad.widgets.card_view import score_units
+
+    data = dict(find_card("intensity-t1").data)
+    data["scoring"] = dict(data["scoring"], scan_scale=True)
+    card = validate_card(data, "somewhere/card.json")
+    assert "scaled to the scan's median" in card.summary()
+    assert score_units(ScoringConfig.from_card(card.scoring)) == "residual (multiples of the scan's median)"
+    with pytest.raises(ModelError, match="scan_scale"):
+        validate_card(dict(data, scoring=dict(data["scoring"], scan_scale="yes")), "somewhere/card.json")

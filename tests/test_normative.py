@@ -206,3 +206,27 @@ def test_calibrate_fits_writes_and_uses_normative_statistics(tmp_path):
         image, mask = z["image"], z["mask"]
     score = model.anomaly_map(image, model.reconstruct(image, mask), mask)
     assert np.isfinite(score).all() and score.max() > 0
+
+
+def test_calibrate_can_pool_the_train_scans_into_the_normative_statistics(tmp_path):
+    import argparse
+
+    from training.calibrate import add_arguments, calibrate_folder, calibration_options
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    healthy_cache(cache)  # train 2, val 2, test 1
+    folder = normative_model_folder(tmp_path)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    options = calibration_options(p.parse_args([str(folder), "--normative-train", "--device", "cpu"]))
+    assert options["normative_train"] is True
+    calibrate_folder(folder, [cache], **options)
+    card = json.loads((folder / "card.json").read_text())
+    calibration = card["metrics"]["calibration"]
+    assert calibration["normative"]["scans"] == 4 and calibration["normative"]["splits"] == ["val", "train"]
+    assert calibration["command"].endswith(" --normative-train")
+    assert load_normative(folder / "normative.safetensors").n_scans == 4
+    calibrate_folder(folder, [cache], 0.005, "cpu")  # the default: val scans only
+    calibration = json.loads((folder / "card.json").read_text())["metrics"]["calibration"]
+    assert calibration["normative"]["scans"] == 2 and "--normative-train" not in calibration["command"]

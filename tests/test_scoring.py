@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_brainuad.scoring import (ScoringConfig, anomaly_map, calibrate_threshold, findings,
+from napari_brainuad.scoring import (ScoringConfig, anomaly_map, calibrate_threshold, findings, scan_scaled,
                                      shift_tolerant_residual)
 
 
@@ -130,3 +130,27 @@ def test_auto_polarity_is_settled_by_the_contrast():
         anomaly_map(np.zeros((8, 8, 8)), np.zeros((8, 8, 8)), mask, auto)
     with pytest.raises(ValueError, match="polarity"):
         ScoringConfig(polarity="up")
+
+
+def test_scan_scale_scores_a_scanner_with_higher_residuals_everywhere_as_the_one_it_was_calibrated_on():
+    rng = np.random.default_rng(3)
+    recon = rng.random((20, 20, 20)).astype(np.float32)
+    mask = np.zeros(recon.shape, bool)
+    mask[2:18, 2:18, 2:18] = True
+    error = 0.02 * rng.standard_normal(recon.shape).astype(np.float32)
+    error[8:11, 8:11, 8:11] += 0.5  # a lesion
+    config = ScoringConfig(shift=0, median_size=0, erode=1, scan_scale=True)
+    calibrated = anomaly_map(recon + error, recon, mask, config)
+    shifted = anomaly_map(recon + 3 * error, recon, mask, config)  # a scanner reconstructed 3x less closely
+    np.testing.assert_allclose(shifted, calibrated, rtol=1e-4, atol=1e-5)
+    raw = anomaly_map(recon + error, recon, mask, ScoringConfig(shift=0, median_size=0, erode=1))
+    brain = ndimage.binary_erosion(mask)
+    np.testing.assert_allclose(calibrated[brain], raw[brain] / np.median(raw[brain]), rtol=1e-5)
+    assert calibrated[9, 9, 9] > 10 * np.median(calibrated[brain])  # the lesion stands out by the same ratio
+
+
+def test_scan_scaled_leaves_a_residual_with_zero_median_unchanged():
+    residual = np.zeros((6, 6, 6), np.float32)
+    residual[2, 2, 2] = 1.0
+    np.testing.assert_array_equal(scan_scaled(residual, residual >= 0), residual)
+    np.testing.assert_array_equal(scan_scaled(residual + 1, np.zeros((6, 6, 6), bool)), residual + 1)

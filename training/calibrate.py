@@ -15,7 +15,11 @@ the residual are fitted on the pooled ``val`` scans of every site (mirrored left
 :func:`napari_brainuad.scoring.fit_normative`) and written as ``normative.safetensors`` next to
 the card. The threshold is calibrated on the normative scores of those val scans, each scored
 against statistics fitted without it (leave one scan out): scored against statistics that include
-it, a scan looks more typical than a new one does, and the threshold would come out too low.
+it, a scan looks more typical than a new one does, and the threshold would come out too low. With
+``--normative-train`` the statistics also pool every site's ``train`` scans (always, left out of none):
+a few val scans give an unsteady std at each voxel, and the training scans are many. The model has seen
+those scans, so their residuals run low; the threshold, still set on val scans the model never saw,
+absorbs that.
 
 The site caches hold T1 scans, so an ``"auto"`` scoring polarity is calibrated as on a T1 (``"both"``). On
 another contrast it counts one side of the residual only, which never flags more of a scan than both sides
@@ -63,7 +67,15 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outlier-ratio", type=float, default=OUTLIER_RATIO,
                    help="leave out a val scan whose own threshold exceeds this many times its site's median "
                         "(an incidental finding; default 3, 'inf' keeps every scan)")
+    p.add_argument("--normative-train", action="store_true",
+                   help="normative scoring: fit the healthy statistics on the train scans as well as the val scans")
     p.add_argument("--device", default="auto")
+
+
+def calibration_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`calibrate_folder` that :func:`add_calibration_arguments` parsed."""
+    return {"max_flagged": args.max_flagged, "device": args.device, "max_flagged_ml": args.max_flagged_ml,
+            "outlier_ratio": args.outlier_ratio, "normative_train": args.normative_train}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,11 +100,12 @@ def healthy_maps(model, scans):
             [score_support(mask, config) for _, _, mask in scans])
 
 
-def normative_val_maps(model, val: list[list]) -> list[tuple[list, list]]:
-    """Fit the healthy residual statistics on every site's val scans and hand them to ``model``.
+def normative_val_maps(model, val: list[list], extra: list | None = None) -> list[tuple[list, list]]:
+    """Fit the healthy residual statistics on every site's val scans (and the ``extra`` scans, same
+    form as :func:`reconstructions`') and hand them to ``model``.
 
     Returns, per site, the anomaly maps and eroded-brain masks of its val scans, each scored
-    against statistics fitted on all the other val scans (leave one scan out).
+    against statistics fitted on all the other val scans and every extra scan (leave one val scan out).
     """
     config = ScoringConfig.from_card(model.card.scoring).for_contrast(CACHE_CONTRAST)
     scans = [scan for site in val for scan in site]
@@ -101,17 +114,20 @@ def normative_val_maps(model, val: list[list]) -> list[tuple[list, list]]:
                          f"(one is left out of the statistics at a time); the caches hold {len(scans)}.")
     residuals = [model.residual_map(image, recon, mask, config) for image, recon, mask in scans]
     masks = [mask for _, _, mask in scans]
+    extra = extra or []
+    extra_residuals = [model.residual_map(image, recon, mask, config) for image, recon, mask in extra]
+    extra_masks = [mask for _, _, mask in extra]
     midline = midline_index(mni152().affine)
     per_site, i = [], 0
     for site in val:
         maps = []
         for image, recon, mask in site:
-            model.normative = fit_normative(residuals[:i] + residuals[i + 1:], masks[:i] + masks[i + 1:],
-                                            midline=midline)
+            model.normative = fit_normative(residuals[:i] + residuals[i + 1:] + extra_residuals,
+                                            masks[:i] + masks[i + 1:] + extra_masks, midline=midline)
             maps.append(model.anomaly_map(image, recon, mask, contrast=CACHE_CONTRAST))
             i += 1
         per_site.append((maps, [score_support(mask, config) for _, _, mask in site]))
-    model.normative = fit_normative(residuals, masks, midline=midline)
+    model.normative = fit_normative(residuals + extra_residuals, masks + extra_masks, midline=midline)
     return per_site
 
 
@@ -133,17 +149,18 @@ def outlier_scans(per_scan: dict[str, float], ratio: float) -> list[str]:
 
 
 def main(args) -> int:
-    result = calibrate_folder(args.model, args.cache, args.max_flagged, args.device, args.max_flagged_ml,
-                              args.outlier_ratio)
+    result = calibrate_folder(args.model, args.cache, **calibration_options(args))
     print(json.dumps(result, indent=2))
     return 0
 
 
 def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLAGGED, device: str = "auto",
-                     max_flagged_ml: float | None = MAX_FLAGGED_ML, outlier_ratio: float = OUTLIER_RATIO) -> dict:
+                     max_flagged_ml: float | None = MAX_FLAGGED_ML, outlier_ratio: float = OUTLIER_RATIO,
+                     normative_train: bool = False) -> dict:
     """Set a model card's threshold from the healthy val splits; measure flagged voxels on the test splits.
 
     ``max_flagged_ml`` None: the share bound alone. ``outlier_ratio``: see :func:`outlier_scans`.
+    ``normative_train``: normative statistics also fitted on the train splits (see the module docstring).
     """
     model = load_model(model_ref, device)
     start = time.perf_counter()
@@ -153,9 +170,12 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
     n_val = sum(len(scans) for scans in val)
     normative = None
     if ScoringConfig.from_card(model.card.scoring).normative:
-        val_maps = normative_val_maps(model, val)
+        splits = ["val", "train"] if normative_train else ["val"]
+        extra = [scan for cache in caches for scan in reconstructions(model, cached_split(cache, "train"), t_int)
+                 ] if normative_train else []
+        val_maps = normative_val_maps(model, val, extra)
         atomic_write(model.card.folder / NORMATIVE_FILE, lambda tmp: save_normative(model.normative, tmp))
-        normative = {"file": NORMATIVE_FILE, "scans": model.normative.n_scans, "mirrored": True,
+        normative = {"file": NORMATIVE_FILE, "splits": splits, "scans": model.normative.n_scans, "mirrored": True,
                      "sigma_voxels": NORMATIVE_SIGMA, "std_floor_fraction_of_median": NORMATIVE_FLOOR,
                      "threshold_maps": "each val scan scored against statistics fitted without it"}
     else:
@@ -186,7 +206,7 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
         "command": f"python -m training calibrate {card.name} --cache {' '.join(map(str, caches))} "
                    f"--max-flagged {max_flagged}"
                    + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}")
-                   + f" --outlier-ratio {outlier_ratio}",
+                   + f" --outlier-ratio {outlier_ratio}" + (" --normative-train" if normative_train else ""),
         "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
         "max_flagged_ml": max_flagged_ml,
         "outlier_ratio": outlier_ratio if np.isfinite(outlier_ratio) else None,  # JSON has no infinity

@@ -22,7 +22,7 @@ from napari_brainuad.models.families import build_network, learned_family
 from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import MNI_NAME, MNI_SHAPE
 
-from .calibrate import add_calibration_arguments, calibrate_folder
+from .calibrate import add_calibration_arguments, calibrate_folder, calibration_options
 from .data import SITES
 from .fit import CHECKPOINT
 
@@ -76,7 +76,7 @@ def main(args) -> int:
             f"recipes/{recipe['name']}.json", f"recipes/{trained_as['name']}.json").replace(
             f"runs/{recipe['name']}", f"runs/{trained_as['name']}")
     write_card(folder, card)
-    calibrate_folder(folder, args.cache, args.max_flagged, args.device, args.max_flagged_ml, args.outlier_ratio)
+    calibrate_folder(folder, args.cache, **calibration_options(args))
     publish(folder, final)
     print(f"exported {recipe['name']} -> {final}")
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 from napari_brainuad.models import find_card, write_card
 from napari_brainuad.models.card import CARD_FILE, validate_card
 
-from .calibrate import add_calibration_arguments, calibrate_folder
+from .calibrate import add_calibration_arguments, calibrate_folder, calibration_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +67,6 @@ def make_variant(model_ref, out: Path, scoring_of=None, scoring: dict | None = N
 
 def main(args) -> int:
     out = make_variant(args.model, args.out, args.scoring_of, args.scoring)
-    result = calibrate_folder(out, args.cache, args.max_flagged, args.device, args.max_flagged_ml,
-                              args.outlier_ratio)
+    result = calibrate_folder(out, args.cache, **calibration_options(args))
     print(json.dumps({"model": str(out), **result}, indent=2))
     return 0

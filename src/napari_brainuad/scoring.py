@@ -2,7 +2,7 @@
 
 The anomaly map follows the seed pipeline, each step a switch (see :class:`ScoringConfig`):
 shift-tolerant residual, optionally weighted by the LPIPS map (the conditional-diffusion seed),
-optionally replaced by its normative score (how unusual the residual is for that location of the
+optionally divided by the scan's own median residual (a scanner-level correction), optionally replaced by its normative score (how unusual the residual is for that location of the
 template grid, against :class:`NormativeStats` of healthy scans), optional min-max normalisation,
 median filter and/or Gaussian smoothing, eroded brain mask.
 Sizes are in voxels of the grid the arrays live on (the 2 mm model grid for bundled models:
@@ -42,6 +42,10 @@ class ScoringConfig:
         (:func:`napari_brainuad.lpips_offline.lpips_map`; bundled weights, offline).
     normative : replace the residual by its normative score (:func:`normative_score`) against
         healthy statistics of the residual at each voxel (:class:`NormativeStats`).
+    scan_scale : divide the residual by its median inside the eroded brain (:func:`scan_scaled`), so it is
+        measured in multiples of the scan's own typical residual: a scanner whose images every model
+        reconstructs less closely (residual higher everywhere) is not flagged everywhere for it. The
+        median ignores focal lesions of up to half the brain.
     polarity : which side of the reconstruction counts: ``"both"`` (|image - reconstruction|),
         ``"bright"`` (only where the image is brighter: hyperintense lesions), ``"dark"`` (only darker),
         or ``"auto"``: ``"both"`` on a T1 and ``"bright"`` on any other contrast (T2, FLAIR, PD, DWI, where
@@ -56,6 +60,7 @@ class ScoringConfig:
     erode: int = 3
     lpips: bool = False
     normative: bool = False
+    scan_scale: bool = False
     polarity: str = "both"
 
     def __post_init__(self):
@@ -105,15 +110,27 @@ def shift_tolerant_residual(image: np.ndarray, reconstruction: np.ndarray, shift
     return residual.astype(np.float32)
 
 
+def scan_scaled(residual: np.ndarray, mask: np.ndarray, erode: int = 0) -> np.ndarray:
+    """``residual`` divided by its median over ``mask`` eroded ``erode`` times (unitless, float32): how many
+    times the scan's own typical residual each voxel's is. Returned unchanged when that median is 0 (a
+    perfect reconstruction, or an empty mask)."""
+    brain = ndimage.binary_erosion(mask, iterations=erode) if erode > 0 else np.asarray(mask, bool)
+    level = float(np.median(residual[brain])) if brain.any() else 0.0
+    return (residual / level).astype(np.float32) if level > 0 else residual.astype(np.float32)
+
+
 def residual_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
                  config: ScoringConfig = ScoringConfig(), *, device="cpu") -> np.ndarray:
     """The residual step of :func:`anomaly_map`: shift-tolerant residual, LPIPS-weighted when
-    ``config.lpips`` is on (run on ``device``; images in [0, 1]). (X, Y, Z) float32, not masked."""
+    ``config.lpips`` is on (run on ``device``; images in [0, 1]), divided by the scan's median residual when
+    ``config.scan_scale`` is on. (X, Y, Z) float32, not masked."""
     residual = shift_tolerant_residual(image, reconstruction, config.shift, config.polarity)
     if config.lpips:
         from .lpips_offline import lpips_map  # torch, only when asked for
 
         residual = residual * lpips_map(image, reconstruction, mask, device)
+    if config.scan_scale:
+        residual = scan_scaled(residual, mask, config.erode)
     return residual
 
 

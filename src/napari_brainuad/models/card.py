@@ -127,6 +127,7 @@ SCHEMA = {
                 "erode": {"type": "integer", "minimum": 0, "maximum": 10},
                 "lpips": {"type": "boolean"},
                 "normative": {"type": "boolean"},
+                "scan_scale": {"type": "boolean"},
                 "polarity": {"enum": list(POLARITIES)},
             },
         },
@@ -199,6 +200,8 @@ class ModelCard:
                             for k, v in self.data.get("metrics", {}).get("summary", {}).items())
         data = self.data.get("training", {}).get("data", "no training data")
         scoring = "normative scoring" if self.data.get("scoring", {}).get("normative") else "residual scoring"
+        if self.data.get("scoring", {}).get("scan_scale"):
+            scoring += " of the residual scaled to the scan's median"
         polarity = self.data.get("scoring", {}).get("polarity", "both")
         if polarity != "both":
             scoring += f", {POLARITY_WORDS[polarity]}"

@@ -16,7 +16,12 @@ def score_units(scoring: ScoringConfig) -> str:
     """Units of the anomaly map a scoring configuration produces."""
     if scoring.normative:
         return "z-score (healthy SDs)"
-    unit = "min-max scaled residual" if scoring.minmax else "residual (normalised intensity, 0-1)"
+    if scoring.minmax:
+        unit = "min-max scaled residual"
+    elif scoring.scan_scale:
+        unit = "residual (multiples of the scan's median)"
+    else:
+        unit = "residual (normalised intensity, 0-1)"
     return unit + (" x LPIPS" if scoring.lpips else "")
 
 
