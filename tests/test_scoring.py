@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_brainuad.scoring import (ScoringConfig, anomaly_map, calibrate_threshold, findings, scan_scaled,
+from napari_brainuad.scoring import (ScoringConfig, anomaly_map, calibrate_threshold, findings, scan_level,
                                      shift_tolerant_residual)
 
 
@@ -149,8 +149,23 @@ def test_scan_scale_scores_a_scanner_with_higher_residuals_everywhere_as_the_one
     assert calibrated[9, 9, 9] > 10 * np.median(calibrated[brain])  # the lesion stands out by the same ratio
 
 
-def test_scan_scaled_leaves_a_residual_with_zero_median_unchanged():
-    residual = np.zeros((6, 6, 6), np.float32)
-    residual[2, 2, 2] = 1.0
-    np.testing.assert_array_equal(scan_scaled(residual, residual >= 0), residual)
-    np.testing.assert_array_equal(scan_scaled(residual + 1, np.zeros((6, 6, 6), bool)), residual + 1)
+def test_scan_scale_reads_the_level_from_both_sides_so_a_one_sided_polarity_is_scaled_too():
+    rng = np.random.default_rng(4)
+    recon = rng.random((16, 16, 16)).astype(np.float32)
+    mask = np.ones(recon.shape, bool)
+    image = recon + 0.05 * rng.standard_normal(recon.shape).astype(np.float32)
+    plain = dict(shift=0, median_size=0, erode=0)
+    both = anomaly_map(image, recon, mask, ScoringConfig(**plain))
+    bright = anomaly_map(image, recon, mask, ScoringConfig(polarity="bright", scan_scale=True, **plain))
+    np.testing.assert_allclose(bright, np.maximum(image - recon, 0) / np.median(both), rtol=1e-5, atol=1e-6)
+
+
+def test_scan_level_is_the_median_over_the_eroded_mask_and_a_perfect_reconstruction_is_left_unscaled():
+    residual = np.arange(5 ** 3, dtype=np.float32).reshape(5, 5, 5)
+    mask = np.ones(residual.shape, bool)
+    assert scan_level(residual, mask) == np.median(residual)
+    assert scan_level(residual, mask, erode=2) == residual[2, 2, 2]
+    assert scan_level(residual, np.zeros(residual.shape, bool)) == 0.0
+    image = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    config = ScoringConfig(shift=0, median_size=0, erode=0, scan_scale=True)
+    assert not anomaly_map(image, image, image > 0, config).any()  # no residual, no division by zero

@@ -55,6 +55,9 @@ def test_family_trains_exports_reloads_and_detects(family, cache, tmp_path):
     export_run(run, folder, cache)
     card = json.loads((folder / "card.json").read_text())
     assert card["training"]["steps"] == 3 and card["metrics"]["calibration"]["data"].startswith("val splits of")
+    if family == "restore":  # its recipe pools the train scans into the normative statistics, and says so
+        assert card["metrics"]["calibration"]["normative"]["splits"] == ["val", "train"]
+        assert card["metrics"]["calibration"]["command"].endswith("--normative-train")
     model = load_model(folder, "cpu")
     path = tmp_path / "scan.nii.gz"
     nib.save(phantom_scan(step=2), path)
@@ -74,9 +77,9 @@ def test_export_publishes_the_model_folder_only_once_calibrated(cache, tmp_path,
     (folder / "card.json").write_text("{}")  # a previous export, replaced whole
     calibrate = export.calibrate_folder
 
-    def check_then_calibrate(staged, *args):
+    def check_then_calibrate(staged, *args, **kwargs):
         assert json.loads((folder / "card.json").read_text()) == {}  # not yet replaced while calibrating
-        return calibrate(staged, *args)
+        return calibrate(staged, *args, **kwargs)
 
     monkeypatch.setattr(export, "calibrate_folder", check_then_calibrate)
     export_run(run, folder, cache)

@@ -3,7 +3,8 @@
 ``python -m training export runs/NAME`` writes ``src/napari_brainuad/weights/NAME/`` by default:
 the network's tensors as safetensors and a card with the recipe, how it was trained (command,
 steps, wall time, machine) and the training data's attribution; then sets the default threshold
-from the healthy ``val`` split (see ``calibrate``). The folder is assembled and calibrated inside
+from the healthy ``val`` split (see ``calibrate``; a recipe's ``"calibration": {"normative_train": true}``
+is ``--normative-train``). The folder is assembled and calibrated inside
 the run folder and moved into place only when complete, so a model list never sees half an export.
 """
 from __future__ import annotations
@@ -76,7 +77,9 @@ def main(args) -> int:
             f"recipes/{recipe['name']}.json", f"recipes/{trained_as['name']}.json").replace(
             f"runs/{recipe['name']}", f"runs/{trained_as['name']}")
     write_card(folder, card)
-    calibrate_folder(folder, args.cache, **calibration_options(args))
+    options = calibration_options(args)
+    options["normative_train"] |= recipe.get("calibration", {}).get("normative_train", False)
+    calibrate_folder(folder, args.cache, **options)
     publish(folder, final)
     print(f"exported {recipe['name']} -> {final}")
     return 0

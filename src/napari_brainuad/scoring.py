@@ -42,7 +42,7 @@ class ScoringConfig:
         (:func:`napari_brainuad.lpips_offline.lpips_map`; bundled weights, offline).
     normative : replace the residual by its normative score (:func:`normative_score`) against
         healthy statistics of the residual at each voxel (:class:`NormativeStats`).
-    scan_scale : divide the residual by its median inside the eroded brain (:func:`scan_scaled`), so it is
+    scan_scale : divide the residual by its median inside the eroded brain (:func:`scan_level`), so it is
         measured in multiples of the scan's own typical residual: a scanner whose images every model
         reconstructs less closely (residual higher everywhere) is not flagged everywhere for it. The
         median ignores focal lesions of up to half the brain.
@@ -110,28 +110,35 @@ def shift_tolerant_residual(image: np.ndarray, reconstruction: np.ndarray, shift
     return residual.astype(np.float32)
 
 
-def scan_scaled(residual: np.ndarray, mask: np.ndarray, erode: int = 0) -> np.ndarray:
-    """``residual`` divided by its median over ``mask`` eroded ``erode`` times (unitless, float32): how many
-    times the scan's own typical residual each voxel's is. Returned unchanged when that median is 0 (a
-    perfect reconstruction, or an empty mask)."""
+def scan_level(residual: np.ndarray, mask: np.ndarray, erode: int = 0) -> float:
+    """The scan's typical residual: the median of ``residual`` over ``mask`` eroded ``erode`` times
+    (0 for an empty mask)."""
     brain = ndimage.binary_erosion(mask, iterations=erode) if erode > 0 else np.asarray(mask, bool)
-    level = float(np.median(residual[brain])) if brain.any() else 0.0
-    return (residual / level).astype(np.float32) if level > 0 else residual.astype(np.float32)
+    return float(np.median(residual[brain])) if brain.any() else 0.0
 
 
 def residual_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
                  config: ScoringConfig = ScoringConfig(), *, device="cpu") -> np.ndarray:
     """The residual step of :func:`anomaly_map`: shift-tolerant residual, LPIPS-weighted when
-    ``config.lpips`` is on (run on ``device``; images in [0, 1]), divided by the scan's median residual when
-    ``config.scan_scale`` is on. (X, Y, Z) float32, not masked."""
+    ``config.lpips`` is on (run on ``device``; images in [0, 1]). (X, Y, Z) float32, not masked.
+
+    With ``config.scan_scale`` it is divided by :func:`scan_level` of the two-sided residual (also for a
+    one-sided polarity, whose median is mostly 0), so it reads in multiples of the scan's typical residual;
+    a scan reconstructed perfectly (level 0) keeps its residual as is."""
     residual = shift_tolerant_residual(image, reconstruction, config.shift, config.polarity)
+    weight = None
     if config.lpips:
         from .lpips_offline import lpips_map  # torch, only when asked for
 
-        residual = residual * lpips_map(image, reconstruction, mask, device)
+        weight = lpips_map(image, reconstruction, mask, device)
+        residual = residual * weight
     if config.scan_scale:
-        residual = scan_scaled(residual, mask, config.erode)
-    return residual
+        both = residual if config.polarity == "both" else (
+            shift_tolerant_residual(image, reconstruction, config.shift) * (1.0 if weight is None else weight))
+        level = scan_level(both, mask, config.erode)
+        if level > 0:
+            residual = residual / level
+    return residual.astype(np.float32)
 
 
 def anomaly_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
