@@ -129,3 +129,11 @@ def test_a_val_scan_with_an_incidental_finding_is_left_out_and_named(tmp_path):
     assert every > kept  # with the finding in, that one scan would set the threshold
     calibration = find_card(folder).metrics["calibration"]  # the card still loads
     assert calibration["left_out_scans"] == {} and calibration["outlier_ratio"] is None
+
+
+def test_normative_train_is_not_recorded_for_a_card_without_normative_scoring(tmp_path):
+    folder, cache = baseline_and_site(tmp_path)
+    calibrate_folder(folder, [cache], 0.005, "cpu", normative_train=True)
+    calibration = json.loads((folder / "card.json").read_text())["metrics"]["calibration"]
+    assert calibration["normative"] is None and "--normative-train" not in calibration["command"]
+    assert not (folder / "normative.safetensors").exists()

@@ -171,9 +171,9 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
     normative = None
     if ScoringConfig.from_card(model.card.scoring).normative:
         splits = ["val", "train"] if normative_train else ["val"]
-        extra = [scan for cache in caches for scan in reconstructions(model, cached_split(cache, "train"), t_int)
-                 ] if normative_train else []
-        val_maps = normative_val_maps(model, val, extra)
+        train = [scan for cache in caches if normative_train
+                 for scan in reconstructions(model, cached_split(cache, "train"), t_int)]
+        val_maps = normative_val_maps(model, val, train)
         atomic_write(model.card.folder / NORMATIVE_FILE, lambda tmp: save_normative(model.normative, tmp))
         normative = {"file": NORMATIVE_FILE, "splits": splits, "scans": model.normative.n_scans, "mirrored": True,
                      "sigma_voxels": NORMATIVE_SIGMA, "std_floor_fraction_of_median": NORMATIVE_FLOOR,
@@ -206,7 +206,8 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
         "command": f"python -m training calibrate {card.name} --cache {' '.join(map(str, caches))} "
                    f"--max-flagged {max_flagged}"
                    + ("" if max_flagged_ml is None else f" --max-flagged-ml {max_flagged_ml}")
-                   + f" --outlier-ratio {outlier_ratio}" + (" --normative-train" if normative_train else ""),
+                   + f" --outlier-ratio {outlier_ratio}"
+                   + (" --normative-train" if normative and normative_train else ""),
         "data": f"val splits of {sites} ({n_val} healthy T1 scans)", "max_flagged": max_flagged,
         "max_flagged_ml": max_flagged_ml,
         "outlier_ratio": outlier_ratio if np.isfinite(outlier_ratio) else None,  # JSON has no infinity

@@ -2,9 +2,10 @@
 
 The anomaly map follows the seed pipeline, each step a switch (see :class:`ScoringConfig`):
 shift-tolerant residual, optionally weighted by the LPIPS map (the conditional-diffusion seed),
-optionally divided by the scan's own median residual (a scanner-level correction), optionally replaced by its normative score (how unusual the residual is for that location of the
-template grid, against :class:`NormativeStats` of healthy scans), optional min-max normalisation,
-median filter and/or Gaussian smoothing, eroded brain mask.
+optionally divided by the scan's own median residual (a scanner-level correction), optionally
+replaced by its normative score (how unusual the residual is for that location of the template
+grid, against :class:`NormativeStats` of healthy scans), optional min-max normalisation, median
+filter and/or Gaussian smoothing, eroded brain mask.
 Sizes are in voxels of the grid the arrays live on (the 2 mm model grid for bundled models:
 the seed's median size 5 and 6 erosions at 1 mm become 3 and 3).
 """
