@@ -83,14 +83,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_calibration_arguments(p)
 
 
-def reconstructions(model, files: list[Path], t_int=None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(image, reconstruction, brain mask) on the template grid of each cached healthy scan."""
-    scans = []
+def iter_reconstructions(model, files: list[Path], t_int=None):
+    """(image, reconstruction, brain mask) on the template grid of each cached healthy scan, one at a time."""
     for path in tqdm(files, desc=model.name):
         with np.load(path) as z:
             image, mask = z["image"], z["mask"]
-        scans.append((image, model.reconstruct(image, mask, t_int=t_int), mask))
-    return scans
+        yield image, model.reconstruct(image, mask, t_int=t_int), mask
+
+
+def reconstructions(model, files: list[Path], t_int=None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`iter_reconstructions` as a list."""
+    return list(iter_reconstructions(model, files, t_int))
 
 
 def healthy_maps(model, scans):
@@ -100,9 +103,9 @@ def healthy_maps(model, scans):
             [score_support(mask, config) for _, _, mask in scans])
 
 
-def normative_val_maps(model, val: list[list], extra: list | None = None) -> list[tuple[list, list]]:
-    """Fit the healthy residual statistics on every site's val scans (and the ``extra`` scans, same
-    form as :func:`reconstructions`') and hand them to ``model``.
+def normative_val_maps(model, val: list[list], extra=()) -> list[tuple[list, list]]:
+    """Fit the healthy residual statistics on every site's val scans (and the ``extra`` scans, an
+    iterable like :func:`iter_reconstructions`, read once) and hand them to ``model``.
 
     Returns, per site, the anomaly maps and eroded-brain masks of its val scans, each scored
     against statistics fitted on all the other val scans and every extra scan (leave one val scan out).
@@ -114,9 +117,10 @@ def normative_val_maps(model, val: list[list], extra: list | None = None) -> lis
                          f"(one is left out of the statistics at a time); the caches hold {len(scans)}.")
     residuals = [model.residual_map(image, recon, mask, config) for image, recon, mask in scans]
     masks = [mask for _, _, mask in scans]
-    extra = extra or []
-    extra_residuals = [model.residual_map(image, recon, mask, config) for image, recon, mask in extra]
-    extra_masks = [mask for _, _, mask in extra]
+    extra_residuals, extra_masks = [], []
+    for image, recon, mask in extra:  # only the residual and the mask of each are kept
+        extra_residuals.append(model.residual_map(image, recon, mask, config))
+        extra_masks.append(mask)
     midline = midline_index(mni152().affine)
     per_site, i = [], 0
     for site in val:
@@ -171,8 +175,8 @@ def calibrate_folder(model_ref, caches: list[Path], max_flagged: float = MAX_FLA
     normative = None
     if ScoringConfig.from_card(model.card.scoring).normative:
         splits = ["val", "train"] if normative_train else ["val"]
-        train = [scan for cache in caches if normative_train
-                 for scan in reconstructions(model, cached_split(cache, "train"), t_int)]
+        train = (scan for cache in caches if normative_train
+                 for scan in iter_reconstructions(model, cached_split(cache, "train"), t_int))
         val_maps = normative_val_maps(model, val, train)
         atomic_write(model.card.folder / NORMATIVE_FILE, lambda tmp: save_normative(model.normative, tmp))
         normative = {"file": NORMATIVE_FILE, "splits": splits, "scans": model.normative.n_scans, "mirrored": True,

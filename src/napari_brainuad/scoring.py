@@ -139,7 +139,7 @@ def residual_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray
         level = scan_level(both, mask, config.erode)
         if level > 0:
             residual = residual / level
-    return residual.astype(np.float32)
+    return residual.astype(np.float32, copy=False)
 
 
 def anomaly_map(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
