@@ -13,7 +13,9 @@ from napari_brainuad.metrics import average_precision
 from napari_brainuad.models import load_model
 from napari_brainuad.models.registry import bundled_folder
 from napari_brainuad.template import mni152
+from napari_brainuad.scoring import ScoringConfig
 from training.__main__ import main as training_main
+from training.figures import axial_slice
 from training.cases import CONTRAST_LESION_CASES, LESION_CASES, Case, Dataset, cached_cases, fluid_cases, shape_cases
 from training.evaluate import (BASELINE, beats_baseline, best_model_verdict, evaluate_dataset, flagged_ml,
                                lesion_kept, rescan_agreement, rescan_summary)
@@ -126,8 +128,12 @@ def test_pooled_metrics_and_false_positive_rate():
     summary, rows, plot = evaluate_dataset(model, Dataset("dark", "", cases))
     assert summary["volumes"] == 2 and len(rows) == 2
     assert summary["AP"] > 0.5 and summary["AUROC"] > 0.9
-    recon, score, threshold = plot["panel"]
-    assert score.shape == cases[0].image.shape and threshold == model.card.threshold
+    case = cases[0]
+    config = model.scoring_for(case.image, case.mask, ScoringConfig.from_card(model.card.scoring), case.contrast)
+    score = model.anomaly_map(case.image, model.reconstruct(case.image, case.mask), case.mask, config)
+    recon_plane, score_plane, threshold, vmax = plot["panel"]  # the figure's slice of the first case
+    assert threshold == model.card.threshold and vmax >= threshold
+    assert np.array_equal(score_plane, score[..., axial_slice(case)]) and recon_plane.shape == score_plane.shape
     flagged = score[cases[0].mask] >= threshold
     truth = cases[0].lesion[cases[0].mask]
     assert rows[0]["FPR@thr"] == pytest.approx((flagged & ~truth).sum() / (~truth).sum())
@@ -264,3 +270,45 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
     again = (out / "results-per-volume.csv").read_text()
     strip = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731
     assert strip(again) == strip(first)
+    assert sorted(p.name for p in (out / "partial").iterdir()) == [
+        "intensity-smoothed.json", "intensity-smoothed.npz", "intensity-t1.json", "intensity-t1.npz"]
+
+
+def test_evaluate_resume_reuses_unchanged_models_only(tmp_path, monkeypatch):
+    """``--resume`` reuses a model's saved results while weights, card and options match, and gives the same report."""
+    import training.evaluate as evaluate
+
+    data, cache = fake_layout(tmp_path)
+    out = tmp_path / "bench"
+    models = []
+    for name, threshold in (("intensity-t1", 0.3), ("intensity-dim", 0.4)):
+        folder = tmp_path / name
+        shutil.copytree(bundled_folder() / "intensity-t1", folder)
+        card = json.loads((folder / "card.json").read_text())
+        (folder / "card.json").write_text(json.dumps({**card, "name": name, "threshold": threshold}))
+        models.append(folder)
+    args = ["evaluate", "--models", *map(str, models), "--data", str(data), "--cache", str(cache), "--out", str(out),
+            "--per-scan", "1", "--contrast-per-scan", "0", "--no-card-update", "--threads", "1", "--resume"]
+    (out / "partial").mkdir(parents=True)
+    (out / "partial" / "intensity-t1.json").write_text("{}")  # a foreign file is not a saved result
+    assert training_main(args) == 0
+    first = (out / "results.csv").read_text()
+    detected = []
+    real_detect = evaluate.detect
+    monkeypatch.setattr(evaluate, "detect", lambda volume, model: (detected.append(model.card.name),
+                                                                   real_detect(volume, model))[1])
+    card = json.loads((models[1] / "card.json").read_text())
+    (models[1] / "card.json").write_text(json.dumps({**card, "metrics": {"note": "written by evaluate"}}))
+    saved = json.loads((out / "partial" / "intensity-t1.json").read_text())
+    (out / "partial" / "intensity-t1.json").write_text(json.dumps({**saved, "evaluated": "2026-01-01"}))
+    assert training_main(args) == 0  # the figures evaluate writes into a card change nothing
+    assert detected == [] and (out / "results.csv").read_text() == first  # both reused, the same table
+    assert "reused by `--resume`" in (out / "RESULTS.md").read_text() and "`intensity-t1` (2026-01-01)." in \
+        (out / "RESULTS.md").read_text()  # the report says which results are older
+    (models[1] / "card.json").write_text(json.dumps({**card, "threshold": 0.2}))
+    assert training_main(args) == 0 and detected == ["intensity-dim"]  # a new threshold: evaluated again
+    rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(open(out / "results.csv", newline=""))}
+    before = {(r["dataset"], r["model"]): r for r in csv.DictReader(first.splitlines())}
+    assert rows["IXI healthy", "intensity-t1"] == before["IXI healthy", "intensity-t1"]
+    assert float(rows["OASIS healthy", "intensity-dim"]["median flagged ml"]) >= \
+        float(before["OASIS healthy", "intensity-dim"]["median flagged ml"])

@@ -33,7 +33,7 @@ from napari_brainuad.pipeline import detect, write_csv
 from napari_brainuad.scoring import ScoringConfig
 from napari_brainuad.template import mni152
 
-from . import figures, seed_tables
+from . import figures, partials, seed_tables
 from .cases import LESION_CASES, Dataset, build_contrast_datasets, build_datasets
 from .data import SITES
 from .markdown import table
@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-card-update", action="store_true", help="do not write the figures into the cards")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the results an earlier run of the same command saved in OUT/partial for models whose "
+                        "weights, card, data options and code are unchanged (a killed run goes on)")
 
 
 def flagged_ml(flagged: np.ndarray, affine: np.ndarray) -> float:
@@ -110,7 +113,7 @@ def lesion_kept(reconstruction: np.ndarray, image: np.ndarray, healthy: np.ndarr
 def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
     """Summary row, per-volume rows, and material for figures and rescans.
 
-    The dict holds ``panel`` (first case's volumes), ``curve`` (pooled PR curve) and ``flagged``
+    The dict holds ``panel`` (:func:`figures.panel` of the first case), ``curve`` (pooled PR curve) and ``flagged``
     (case name -> bool grid flagged at the card threshold; datasets with rescan pairs only).
     """
     card = model.card
@@ -146,7 +149,7 @@ def evaluate_dataset(model, dataset: Dataset) -> tuple[dict, list[dict], dict]:
         scores.append(s)
         truths.append(t)
         if panel is None:
-            panel = (recon, score, card.threshold)
+            panel = figures.panel(case, recon, score, card.threshold)
     s, t = np.concatenate(scores), np.concatenate(truths)
     summary = _summary(dataset, card.name, rows, s, t)
     if dataset.paired:  # the copies that draw the same anomalies as the other site's
@@ -178,8 +181,8 @@ def _summary(dataset: Dataset, model: str, rows: list[dict], s: np.ndarray, t: n
     return summary
 
 
-def evaluate_model(model, datasets: dict[str, Dataset]) -> tuple[list[dict], list[dict], dict]:
-    """Summary rows, per-volume rows and figure material (by dataset name) of one model on every dataset."""
+def evaluate_model(model, datasets: dict[str, Dataset]) -> partials.ModelResult:
+    """One model on every dataset (its full-detect time is left for the caller to measure)."""
     summaries, volumes, plots = [], [], {}
     for dataset in datasets.values():
         summary, rows, plots[dataset.name] = evaluate_dataset(model, dataset)
@@ -190,7 +193,7 @@ def evaluate_model(model, datasets: dict[str, Dataset]) -> tuple[list[dict], lis
             summaries.append(summary)
             volumes += rows
             print(_rounded(summary), flush=True)
-    return summaries, volumes, plots
+    return partials.ModelResult(summaries, volumes, plots, model.card.family, time.strftime("%Y-%m-%d"))
 
 
 def main(args) -> int:
@@ -198,31 +201,39 @@ def main(args) -> int:
     datasets = build_datasets(args.data, args.cache, args.per_scan, args.seed, args.oasis_per_scan)
     contrasts = build_contrast_datasets(args.data, args.cache, args.contrast_per_scan, args.seed) \
         if args.contrast_per_scan else {}
-    summaries, volumes, plots, speed, families = [], [], {}, {}, {}
+    results: dict[str, partials.ModelResult] = {}
     bright_refs = [BASELINE]  # the bundled baseline, and any other intensity model evaluated (a scoring variant)
     for name in args.models or model_names():
         model = load_model(name, args.device)
-        families[model.card.name] = model.card.family
         if model.card.family == "intensity" and model.card.name != BASELINE:
             bright_refs.append(name)
         other = contrasts if set(model.card.accepted_contrasts) - {"T1"} or model.card.family == "intensity" else {}
-        model_summaries, model_volumes, plots[model.card.name] = evaluate_model(model, {**datasets, **other})
-        start = time.perf_counter()
-        detect(read_volume(args.data / LESION_CASES["MSLUB-26"][0]), model)
-        speed[model.card.name] = time.perf_counter() - start
-        summaries += model_summaries
-        volumes += model_volumes
+        key = partials.fingerprint(model.card, _options(args), [args.cache / site for site in SITES])
+        result = partials.load(args.out / partials.FOLDER, model.card.name, key) if args.resume else None
+        if result is None:
+            result = evaluate_model(model, {**datasets, **other})
+            start = time.perf_counter()
+            detect(read_volume(args.data / LESION_CASES["MSLUB-26"][0]), model)
+            result.detect_seconds = time.perf_counter() - start
+            partials.save(args.out / partials.FOLDER, model.card.name, key, result)
+        else:
+            print(f"{model.card.name}: results of {result.evaluated} reused (--resume)", flush=True)
+        results[model.card.name] = result
         if not args.no_card_update:
-            _update_card(name, model_summaries, speed[model.card.name], args)
+            _update_card(name, result.summaries, result.detect_seconds, args)
     for ref in bright_refs if contrasts else []:  # intensity baselines for bright lesions, other contrasts only
         bright = bright_baseline(args.device, ref)
-        families[bright.card.name] = bright.card.family
-        bright_summaries, bright_volumes, plots[bright.card.name] = evaluate_model(bright, contrasts)
-        summaries += bright_summaries
-        volumes += bright_volumes
-    write_figures({**datasets, **contrasts}, plots, args.out / "figures")
-    write_report(datasets, contrasts, summaries, volumes, speed, families, args)
+        results[bright.card.name] = evaluate_model(bright, contrasts)
+    write_figures({**datasets, **contrasts}, {m: r.plots for m, r in results.items()}, args.out / "figures")
+    write_report(datasets, contrasts, results, args)
     return 0
+
+
+def _options(args) -> dict:
+    """The evaluation options a model's results depend on (see :mod:`training.partials`)."""
+    options = {k: str(getattr(args, k)) for k in ("data", "cache", "per_scan", "oasis_per_scan", "contrast_per_scan",
+                                                   "seed", "device")}
+    return {**options, "machine": _machine(args)}
 
 
 def bright_baseline(device: str = "cpu", ref=BASELINE):
@@ -407,11 +418,16 @@ def _real_section(real: dict, models: list[str]) -> list[str]:
             best_model_verdict(real, models), ""]
 
 
-def _intro(datasets: dict[str, Dataset], args) -> list[str]:
+def _intro(datasets: dict[str, Dataset], args, results: dict[str, partials.ModelResult]) -> list[str]:
     ixi, oasis = datasets["IXI healthy"], datasets["OASIS healthy"]
     voxel_ml = flagged_ml(np.ones(1, bool), mni152().affine)
+    today = time.strftime("%Y-%m-%d")
+    earlier = {m: r.evaluated for m, r in results.items() if r.evaluated != today}
+    resumed = ("Evaluated on an earlier day, their saved results reused by `--resume` (same code, weights, data "
+               "options and machine): " + ", ".join(f"`{m}` ({d})" for m, d in earlier.items()) + ". "
+               ) if earlier else ""
     return ["# Benchmark results", "",
-            f"Made by `{_command(args)}` on {time.strftime('%Y-%m-%d')}; machine: {_machine(args)}. "
+            f"Made by `{_command(args)}` on {today}; machine: {_machine(args)}. {resumed}"
             "Per-volume rows: `results-per-volume.csv`; these tables: `results.csv`.", "",
             f"Data: the healthy `test` scans of the site caches in `{args.cache}` (`python -m training prepare`): "
             f"{SITES['ixi'].description}, {len(ixi.cases)} scans; {SITES['oasis'].description}, {len(oasis.cases)} "
@@ -428,13 +444,18 @@ def _intro(datasets: dict[str, Dataset], args) -> list[str]:
             "", "![synthetic examples](figures/synthetic-examples.png)", ""]
 
 
-def write_report(datasets: dict[str, Dataset], contrasts: dict[str, Dataset], summaries: list[dict],
-                 volumes: list[dict], speed: dict, families: dict[str, str], args) -> None:
+def write_report(datasets: dict[str, Dataset], contrasts: dict[str, Dataset],
+                 results: dict[str, partials.ModelResult], args) -> None:
+    """RESULTS.md and the two CSVs in ``args.out`` from every model's results (in evaluation order)."""
     out = args.out
+    summaries = [row for r in results.values() for row in r.summaries]
+    volumes = [row for r in results.values() for row in r.volumes]
+    speed = {m: r.detect_seconds for m, r in results.items() if r.detect_seconds is not None}
+    families = {m: r.family for m, r in results.items()}
     write_csv(out / "results.csv", SUMMARY_COLUMNS, [{k: _fmt(v) for k, v in r.items()} for r in summaries])
     write_csv(out / "results-per-volume.csv", VOLUME_COLUMNS, [{k: _fmt(v) for k, v in r.items()} for r in volumes])
     real = real_cases(volumes, datasets)
-    lines = _intro(datasets, args) + _targets(summaries, real)
+    lines = _intro(datasets, args, results) + _targets(summaries, real)
     for dataset in datasets.values():
         lines += _dataset_section(dataset, summaries)
         if dataset.pairs:

@@ -46,24 +46,32 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def panel(case, reconstruction: np.ndarray, score: np.ndarray, threshold: float) -> tuple:
+    """What :func:`dataset_figure` shows of one model on ``case``: the (X, Y) axial slices of reconstruction
+    and anomaly map at :func:`axial_slice`, the threshold, and the map's colour limit (99.9th percentile
+    in the brain, at least the threshold)."""
+    z = axial_slice(case)
+    vmax = max(float(np.percentile(score[case.mask], 99.9)), threshold, 1e-6)
+    return reconstruction[..., z].copy(), score[..., z].copy(), float(threshold), vmax
+
+
 def dataset_figure(path: Path, dataset: str, case, panels: dict[str, tuple], curves: dict[str, tuple]) -> None:
     """One row per model (input, reconstruction, anomaly map, mask vs truth) and a PR-curve panel.
 
-    panels : model -> (reconstruction, anomaly map, threshold), volumes of ``case``.
+    panels : model -> :func:`panel` of ``case``.
     curves : model -> (precision, recall, AP) pooled over the dataset (empty arrays for healthy data).
     """
     z = axial_slice(case)
     rows = max(len(panels), 2)
     fig = plt.figure(figsize=(11, 2.1 * rows), constrained_layout=True)
     grid = fig.add_gridspec(rows, 6)
-    for r, (model, (recon, score, threshold)) in enumerate(panels.items()):
+    for r, (model, (recon, score, threshold, vmax)) in enumerate(panels.items()):
         axes = [fig.add_subplot(grid[r, c]) for c in range(4)]
-        vmax = max(float(np.percentile(score[case.mask], 99.9)), threshold, 1e-6)
         _show(axes[0], case.image[..., z], "input" if r == 0 else "", cmap="gray", vmin=0, vmax=1)
-        _show(axes[1], recon[..., z], "reconstruction" if r == 0 else "", cmap="gray", vmin=0, vmax=1)
-        _show(axes[2], score[..., z], "anomaly map" if r == 0 else "", cmap="inferno", vmin=0, vmax=vmax)
+        _show(axes[1], recon, "reconstruction" if r == 0 else "", cmap="gray", vmin=0, vmax=1)
+        _show(axes[2], score, "anomaly map" if r == 0 else "", cmap="inferno", vmin=0, vmax=vmax)
         truth = None if case.lesion is None else case.lesion[..., z]
-        _show(axes[3], overlay(case.image[..., z], score[..., z] >= threshold, truth),
+        _show(axes[3], overlay(case.image[..., z], score >= threshold, truth),
               "mask vs truth (TP/FP/FN)" if r == 0 else "")
         axes[0].text(-0.08, 0.5, model, transform=axes[0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
     ax = fig.add_subplot(grid[:, 4:])
