@@ -17,8 +17,9 @@ from napari_brainuad.scoring import ScoringConfig
 from training.__main__ import main as training_main
 from training.figures import axial_slice
 from training.cases import CONTRAST_LESION_CASES, LESION_CASES, Case, Dataset, cached_cases, fluid_cases, shape_cases
-from training.evaluate import (BASELINE, beats_baseline, best_model_verdict, evaluate_dataset, flagged_ml,
-                               lesion_kept, rescan_agreement, rescan_summary)
+from training.evaluate import evaluate_dataset, rescan_summary
+from training.measures import anomaly_energy, flagged_ml, lesion_kept, pooled_kept, rescan_agreement
+from training.report import BASELINE, beats_baseline, best_model_verdict
 
 
 def healthy(n: int = 2, seed: int = 0) -> list[Case]:
@@ -157,6 +158,23 @@ def test_lesion_kept_is_zero_when_removed_and_one_when_copied():
     assert abs(lesion_kept(blur, image, healthy, lesion)) < 0.3
 
 
+def test_pooled_kept_is_the_coefficient_over_all_voxels_at_once():
+    """A faint small anomaly with a wild coefficient barely moves the pooled one; the mean it would wreck."""
+    rng = np.random.default_rng(1)
+    healthy = rng.random((8, 8, 8))
+    big, faint = np.zeros(healthy.shape, bool), np.zeros(healthy.shape, bool)
+    big[1:5, 1:5, 1:5], faint[6, 6, 6:8] = True, True
+    image = healthy - 0.4 * big - 0.01 * faint
+    recon = healthy + 0.2 * (image - healthy) * big - 0.03 * faint  # keeps 20 % of the big one, "300 %" of the faint
+    rows = [{"lesion kept": lesion_kept(recon, image, healthy, m), "anomaly energy": anomaly_energy(image, healthy, m)}
+            for m in (big, faint)]
+    assert rows[1]["lesion kept"] == pytest.approx(3.0) and np.mean([r["lesion kept"] for r in rows]) > 1
+    both = big | faint
+    assert pooled_kept(rows) == pytest.approx(lesion_kept(recon, image, healthy, both))
+    assert pooled_kept(rows) == pytest.approx(0.2, abs=0.01)
+    assert np.isnan(pooled_kept([])) and np.isnan(pooled_kept([{"lesion kept": float("nan"), "anomaly energy": 1.0}]))
+
+
 def fake_layout(tmp_path):
     """Data (OASIS participants, real lesion phantoms) and a two-site cache: 2 IXI and 3 OASIS test scans.
 
@@ -242,6 +260,13 @@ def test_evaluate_command_writes_report_csvs_and_figures(tmp_path):
     assert [r["case"] for r in per_volume if r["dataset"] == "OASIS rescans"] == ["1003 & 1023"]
     kept = [float(r["lesion kept"]) for r in per_volume if r["dataset"] == "IXI + fluid"]
     assert len(kept) == 4 and all(np.isfinite(kept))  # every synthetic case carries its healthy scan
+    fluid_rows = [{"lesion kept": float(r["lesion kept"]), "anomaly energy": float(r["anomaly energy"])}
+                  for r in per_volume if r["dataset"] == "IXI + fluid"]
+    assert float(ixi_fluid["lesion kept"]) == pytest.approx(pooled_kept(fluid_rows), abs=1e-3)
+    assert float(ixi_fluid["lesion kept paired"]) == pytest.approx(pooled_kept(fluid_rows[:3]), abs=1e-3)
+    assert [r["kind"] for r in per_volume if r["dataset"] == "OASIS + fluid"] == \
+        ["fluid:blobs", "fluid:MSLUB-26", "fluid:BraTS-01"]  # copy j draws source j, on either site
+    assert "By source of the anomaly" in report and "| AP blobs | kept blobs | AP MSLUB-26 |" in report
     assert not any(r["lesion kept"] for r in per_volume if r["dataset"] in ("MSLUB-26 T1", "IXI healthy"))
     brain = int(mni152().mask.sum())
     for site in ("IXI healthy", "OASIS healthy"):

@@ -2,8 +2,9 @@
 
 A saved result is reused only while its fingerprint matches: the bytes of the model folder's files
 (weights, normative statistics) and its card without the ``metrics`` that evaluation writes into it,
-the evaluation's data options, the site caches' split tables, and the Python source of the package
-and of ``training`` (results of other code are recomputed, never mixed in). Stored in
+the evaluation's data options and machine, the site caches' split tables, and the Python source of the
+package and of ``training`` but its report modules (results of other code are recomputed, never mixed
+in; a new report layout is not). Stored in
 ``<out>/partial/<model>.json`` (rows, figure metadata) beside ``<model>.npz`` (figure slices, PR
 curves, rescan masks); no pickle.
 """
@@ -38,9 +39,14 @@ class ModelResult:
     """One full ``detect`` of the MSLUB T1 scan (None for models evaluated without one)."""
 
 
+REPORT_MODULES = {"report.py", "seed_tables.py", "markdown.py"}
+"""Modules of ``training`` that only write results down: changing them does not invalidate saved results."""
+
+
 def _source_files() -> list[Path]:
     package = Path(napari_brainuad.__file__).parent
-    return sorted(package.rglob("*.py")) + sorted(Path(__file__).parent.glob("*.py"))
+    training = [p for p in sorted(Path(__file__).parent.glob("*.py")) if p.name not in REPORT_MODULES]
+    return sorted(package.rglob("*.py")) + training
 
 
 def fingerprint(card, options: dict, caches: list[Path]) -> str:
