@@ -1,5 +1,7 @@
 """Saved per-model evaluation results: a fingerprint of what they depend on, a lossless round trip, no pickle."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 
@@ -53,8 +55,13 @@ def test_save_and_load_round_trip(tmp_path):
     assert partials.load(folder, "m", "key") is None
 
 
-def test_report_modules_are_not_part_of_the_fingerprint():
-    """A new report layout reuses saved results; a change to how they are computed does not."""
+def test_fingerprint_covers_the_code_evaluation_runs_and_not_the_report_or_training():
+    """A new report layout or training code reuses saved results; a change to how they are computed does not."""
     names = {p.name for p in partials._source_files()}
-    assert {"evaluate.py", "measures.py", "cases.py", "scoring.py"} <= names
-    assert not names & partials.REPORT_MODULES
+    assert {"evaluate.py", "measures.py", "cases.py", "synth.py", "scoring.py", "preprocess.py"} <= names
+    assert not names & {"report.py", "seed_tables.py", "markdown.py", "fit.py", "pseudo.py", "export.py"}
+    script = ("import sys, training.evaluate, training.cases; training.cases.build_contrast_datasets; "
+              "import training.synth; print(' '.join(m for m in sys.modules if m.startswith('training.')))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    report = {"training.report", "training.seed_tables", "training.markdown"}
+    assert {f"training.{n[:-3]}" for n in partials.EVALUATION_MODULES} >= set(loaded) - report

@@ -3,8 +3,8 @@
 A saved result is reused only while its fingerprint matches: the bytes of the model folder's files
 (weights, normative statistics) and its card without the ``metrics`` that evaluation writes into it,
 the evaluation's data options and machine, the site caches' split tables, and the Python source of the
-package and of ``training`` but its report modules (results of other code are recomputed, never mixed
-in; a new report layout is not). Stored in
+package and of the evaluation modules of ``training`` (results of other code are recomputed, never
+mixed in; a new report layout or training code is not). Stored in
 ``<out>/partial/<model>.json`` (rows, figure metadata) beside ``<model>.npz`` (figure slices, PR
 curves, rescan masks); no pickle.
 """
@@ -39,14 +39,15 @@ class ModelResult:
     """One full ``detect`` of the MSLUB T1 scan (None for models evaluated without one)."""
 
 
-REPORT_MODULES = {"report.py", "seed_tables.py", "markdown.py"}
-"""Modules of ``training`` that only write results down: changing them does not invalidate saved results."""
+EVALUATION_MODULES = ("evaluate.py", "measures.py", "cases.py", "data.py", "synth.py", "figures.py", "partials.py")
+"""The modules of ``training`` that evaluation runs (datasets, measures, figure slices). The others train
+(their effect reaches the results through the weights) or only write results down (``report``,
+``seed_tables``, ``markdown``), so changing them does not invalidate saved results."""
 
 
 def _source_files() -> list[Path]:
     package = Path(napari_brainuad.__file__).parent
-    training = [p for p in sorted(Path(__file__).parent.glob("*.py")) if p.name not in REPORT_MODULES]
-    return sorted(package.rglob("*.py")) + training
+    return sorted(package.rglob("*.py")) + [Path(__file__).parent / name for name in EVALUATION_MODULES]
 
 
 def fingerprint(card, options: dict, caches: list[Path]) -> str:
