@@ -12,7 +12,7 @@ import torch
 
 from conftest import export_run, healthy_cache, phantom_scan
 from napari_brainuad.io import read_volume
-from napari_brainuad.models import load_model
+from napari_brainuad.models import ModelError, load_model
 from napari_brainuad.pipeline import detect
 from training import export
 from training.data import SliceData
@@ -130,3 +130,32 @@ def test_float16_weights_are_exported_and_loaded(cache, tmp_path):
     for key, value in model.network.state_dict().items():
         expected = trained[key].half().float() if trained[key].is_floating_point() else trained[key]
         torch.testing.assert_close(value, expected)
+
+
+def test_fine_tuning_starts_from_a_model_folder(cache, tmp_path):
+    """``training.init``: the run starts from that folder's weights (lr 0 keeps them); a wrong family or
+    architecture is one clear error; the card says where it started."""
+    data = SliceData.from_cache(cache, "train")
+    fit(tiny_recipe("ae"), data, tmp_path / "run", "cpu")
+    base = tmp_path / "base"
+    export_run(tmp_path / "run", base, cache)
+    recipe = tiny_recipe("ae", steps=1)
+    recipe["training"].update(init=str(base), lr=0.0)
+    recipe["training"].pop("lr_min", None)
+    fit(recipe, data, tmp_path / "tuned", "cpu")
+    tuned = torch.load(tmp_path / "tuned" / CHECKPOINT, weights_only=True)["network"]
+    start = dict(load_model(base, "cpu").network.named_parameters())  # not the norms' running statistics
+    for key, value in start.items():
+        torch.testing.assert_close(tuned[key], value.detach())
+    export_run(tmp_path / "tuned", tmp_path / "tuned-model", cache)
+    card = json.loads((tmp_path / "tuned-model" / "card.json").read_text())
+    assert card["training"]["init"] == f"fine-tuned from the weights of {base}"
+    other = tiny_recipe("dae", steps=1)
+    other["training"]["init"] = str(base)
+    with pytest.raises(ModelError, match="must be a 'dae' model, not 'ae'"):
+        fit(other, data, tmp_path / "other", "cpu")
+    wider = tiny_recipe("ae", steps=1)
+    wider["architecture"]["channels"] = [8, 8, 8, 4]
+    wider["training"]["init"] = str(base)
+    with pytest.raises(ModelError, match="does not match the recipe's architecture"):
+        fit(wider, data, tmp_path / "wider", "cpu")

@@ -29,6 +29,19 @@ def test_pseudo_pathology_changes_only_the_brain_and_repeats_with_the_seed():
     assert np.abs(a.image - image)[a.lesion].max() > 0
 
 
+def test_blob_fraction_sets_the_size_of_blob_anomalies(monkeypatch):
+    """``blob_fraction`` (prepare's ``--blob-fraction``) sets how much of the brain random blobs cover."""
+    import training.pseudo as pseudo
+
+    monkeypatch.setattr(pseudo, "SOURCES", {"blobs": 1.0})
+    tpl = mni152()
+    image, brain = tpl.image.astype(np.float32), int(tpl.mask.sum())
+    small = [pseudo_pathology(image, tpl.mask, np.random.default_rng(i), [], (0.002, 0.004)) for i in range(3)]
+    large = [pseudo_pathology(image, tpl.mask, np.random.default_rng(i), [], (0.08, 0.1)) for i in range(3)]
+    assert all(c.kind == "blobs" for c in small + large)
+    assert max(c.lesion.sum() for c in small) < 0.02 * brain < min(c.lesion.sum() for c in large)
+
+
 def test_real_lesion_masks_land_at_the_same_world_position(tmp_path):
     """A 1 mm MNI mask resampled to the 2 mm model grid stays at its world coordinates."""
     tpl = mni152()

@@ -67,7 +67,8 @@ def main(args) -> int:
                                 + " ".join(f"cache/{s}" for s in cfg.get("sites", [])) + f" --out runs/{recipe['name']}",
                      "steps": int(saved["step"]), "batch_size": cfg["batch_size"], "seed": cfg["seed"],
                      "wall_time_s": round(float(saved["seconds"]), 1), "machine": saved["machine"],
-                     "parameters": int(sum(v.numel() for v in tensors.values())), "weights_dtype": str(dtype)[6:]},
+                     "parameters": int(sum(v.numel() for v in tensors.values())), "weights_dtype": str(dtype)[6:],
+                     **({"init": f"fine-tuned from the weights of {cfg['init']}"} if cfg.get("init") else {})},
         "metrics": {},
     }
     if trained_as is not None:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from napari_brainuad.io import atomic_write, remove_stale_temporaries
-from napari_brainuad.models import resolve_device
+from napari_brainuad.models import ModelError, read_card, resolve_device
 from napari_brainuad.models.families import learned_family
 
 from .data import SliceData
@@ -88,6 +88,8 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
     family = learned_family(recipe["family"])
     network = family.build_network(recipe["architecture"])
     family.init_training(network, recipe, data)
+    if cfg.get("init"):  # fine-tuning: start from a trained model folder of this family and architecture
+        _load_initial_weights(network, family, Path(cfg["init"]))
     network = network.to(device)
     optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=cfg["lr"])
     loss_fn = family.objective(recipe, device)
@@ -143,6 +145,17 @@ def fit(recipe: dict, data: "SliceData", out: Path, device: str = "cpu", resume:
             last_save, log = time.perf_counter(), []
     bar.close()
     return {"step": step, "loss": loss, "seconds": time.perf_counter() - start}
+
+
+def _load_initial_weights(network, family, folder: Path) -> None:
+    """Load the weights of the model ``folder`` (a recipe's ``training.init``) into ``network``."""
+    card = read_card(folder)
+    if card.family != family.family:
+        raise ModelError(f"{folder}: 'init' must be a '{family.family}' model, not '{card.family}'.")
+    try:
+        network.load_state_dict(family.load_network(card).state_dict())
+    except RuntimeError:
+        raise ModelError(f"{folder}: its network does not match the recipe's architecture.") from None
 
 
 def _save(path: Path, network, optimizer, step: int, seconds: float, log: list, out: Path,

@@ -21,7 +21,7 @@ from napari_brainuad.io import atomic_write
 from napari_brainuad.template import mni152
 
 from .data import SITES, load_preprocessed
-from .pseudo import lesion_masks_on_grid, pseudo_pathology
+from .pseudo import BLOB_FRACTION, lesion_masks_on_grid, pseudo_pathology
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pseudo-per-scan", type=int, default=0, help="anomalous copies of each train scan")
     p.add_argument("--lesion-masks", type=Path, default=Path("../shared/data/lesion-masks/mslub-mni"),
                    help="real lesion masks that start fluid-driven anomalies")
+    p.add_argument("--blob-fraction", type=float, nargs=2, default=list(BLOB_FRACTION), metavar=("LOW", "HIGH"),
+                   help="range of the brain's fraction the random-blob anomalies cover (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -52,11 +54,12 @@ def main(args) -> int:
             train = site.scans(args.data, "train")
             for i, scan in enumerate(tqdm(train, desc=f"pseudo-pathology {site_name}")):
                 write_pseudo(cache, scan.stem, args.pseudo_per_scan, lesion_masks,
-                             [args.seed, zlib.crc32(site_name.encode()), i])
+                             [args.seed, zlib.crc32(site_name.encode()), i], tuple(args.blob_fraction))
     return 0
 
 
-def write_pseudo(cache: Path, stem: str, count: int, lesion_masks: list, seed: list[int]) -> Path:
+def write_pseudo(cache: Path, stem: str, count: int, lesion_masks: list, seed: list[int],
+                 blob_fraction: tuple[float, float] = BLOB_FRACTION) -> Path:
     """``count`` anomalous copies of a cached scan, as ``cache/pseudo/<stem>.npz`` (kept if present)."""
     path = cache / "pseudo" / f"{stem}.npz"
     if path.exists():
@@ -64,7 +67,7 @@ def write_pseudo(cache: Path, stem: str, count: int, lesion_masks: list, seed: l
     with np.load(cache / f"{stem}.npz") as z:
         image, mask = z["image"], z["mask"]
     rng = np.random.default_rng(seed)
-    copies = [pseudo_pathology(image, mask, rng, lesion_masks) for _ in range(count)]
+    copies = [pseudo_pathology(image, mask, rng, lesion_masks, blob_fraction) for _ in range(count)]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: np.savez_compressed(
         tmp, images=np.stack([c.image for c in copies]).astype(np.float16),

@@ -55,8 +55,10 @@ def lesion_masks_on_grid(folder: Path, template: Template, min_voxels: int = 5) 
 
 
 def pseudo_pathology(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                     lesion_masks: list[np.ndarray]) -> PseudoPathology:
-    """One anomalous copy of a healthy ``(X, Y, Z)`` volume; redrawn until the lesion is non-empty."""
+                     lesion_masks: list[np.ndarray],
+                     blob_fraction: tuple[float, float] = BLOB_FRACTION) -> PseudoPathology:
+    """One anomalous copy of a healthy ``(X, Y, Z)`` volume; redrawn until the lesion is non-empty.
+    ``blob_fraction``: the range of the brain's fraction random blobs cover."""
     kinds = [k for k in SOURCES if lesion_masks or k != "lesion mask"]
     p = np.array([SOURCES[k] for k in kinds])
     for _ in range(20):
@@ -65,7 +67,7 @@ def pseudo_pathology(image: np.ndarray, mask: np.ndarray, rng: np.random.Generat
             out, lesion = shape_anomaly(image, mask, rng, ("rectangle", "ellipse")[rng.integers(2)])
         else:
             if kind == "blobs":
-                p0 = random_blobs(mask, rng, BLOB_FRACTION)
+                p0 = random_blobs(mask, rng, blob_fraction)
             else:
                 p0 = lesion_masks[rng.integers(len(lesion_masks))]
                 p0 = (p0[::-1] if rng.random() < 0.5 else p0) & mask
