@@ -1,5 +1,5 @@
 """The benchmark report: ``RESULTS.md``, ``results.csv``, ``results-per-volume.csv`` and the figures, written
-from the models' evaluation results (:class:`training.ModelResult`).
+from the models' evaluation results (:class:`training.partials.ModelResult`).
 
 Only writes what :mod:`training.evaluate` measured, so the layout can change without evaluating again
 (saved results are fingerprinted without this module, ``seed_tables`` and ``markdown``).
