@@ -169,7 +169,7 @@ def _by_source(volumes: list[dict], models: list[str]) -> list[str]:
         ixi = [r for r in site["IXI + fluid"] if r["model"] == m][:len(oasis)]  # the paired copies
         cells = []
         for source in sources:
-            pair = [[r for r in rows_ if r["kind"] == source] for rows_ in (ixi, oasis)]
+            pair = [[r for r in copies if r["kind"] == source] for copies in (ixi, oasis)]
             cells.append(" / ".join(f"{np.mean([r['AP'] for r in p]):.3f}" for p in pair))
             cells.append(" / ".join(f"{pooled_kept(p):.2f}" for p in pair))
         rows.append([m, *cells])
