@@ -159,3 +159,13 @@ def test_fine_tuning_starts_from_a_model_folder(cache, tmp_path):
     wider["training"]["init"] = str(base)
     with pytest.raises(ModelError, match="does not match the recipe's architecture"):
         fit(wider, data, tmp_path / "wider", "cpu")
+
+
+def test_a_card_names_its_recipe_file_where_it_lives():
+    """Shipped recipes sit in ``training/recipes/``, experiments below it; a card's recipe path and command name
+    the file that exists, from the repository root."""
+    repo = Path(export.__file__).parents[1]
+    assert export.recipe_file("restore-t1") == "training/recipes/restore-t1.json"
+    assert export.recipe_file("restore-t1-large") == "training/recipes/experiments/restore-t1-large.json"
+    for name in ("restore-t1", "restore-t1-large"):
+        assert (repo / export.recipe_file(name)).is_file()

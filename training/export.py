@@ -27,6 +27,7 @@ from .calibrate import add_calibration_arguments, calibrate_folder, calibration_
 from .data import SITES
 from .fit import CHECKPOINT
 
+RECIPES = Path(__file__).parent / "recipes"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,8 +63,8 @@ def main(args) -> int:
         "architecture": recipe["architecture"], "weights": "weights.safetensors", "scoring": recipe["scoring"],
         "threshold": 0.0, "t_int": recipe.get("t_int"),
         "training": {"data": training_data(cfg.get("sites", []), saved.get("train_scans", {})),
-                     "recipe": f"training/recipes/{recipe['name']}.json",
-                     "command": f"python -m training fit training/recipes/{recipe['name']}.json --data "
+                     "recipe": recipe_file(recipe["name"]),
+                     "command": f"python -m training fit {recipe_file(recipe['name'])} --data "
                                 + " ".join(f"cache/{s}" for s in cfg.get("sites", [])) + f" --out runs/{recipe['name']}",
                      "steps": int(saved["step"]), "batch_size": cfg["batch_size"], "seed": cfg["seed"],
                      "wall_time_s": round(float(saved["seconds"]), 1), "machine": saved["machine"],
@@ -75,7 +76,7 @@ def main(args) -> int:
         card["training"]["trained_as"] = (f"{trained_as['name']} ({trained_as['family']}): the network of that run, "
                                           f"exported under this recipe's card without training of its own")
         card["training"]["command"] = card["training"]["command"].replace(
-            f"recipes/{recipe['name']}.json", f"recipes/{trained_as['name']}.json").replace(
+            recipe_file(recipe["name"]), recipe_file(trained_as["name"])).replace(
             f"runs/{recipe['name']}", f"runs/{trained_as['name']}")
     write_card(folder, card)
     options = calibration_options(args)
@@ -84,6 +85,13 @@ def main(args) -> int:
     publish(folder, final)
     print(f"exported {recipe['name']} -> {final}")
     return 0
+
+
+def recipe_file(name: str) -> str:
+    """The recipe named ``name`` as a path from the repository root: ``training/recipes/NAME.json``, or where it
+    lives below that folder (``experiments/``) when only there."""
+    found = sorted(RECIPES.rglob(f"{name}.json"), key=lambda p: len(p.parts))
+    return (found[0] if found else RECIPES / f"{name}.json").relative_to(RECIPES.parent.parent).as_posix()
 
 
 def publish(staged: Path, final: Path) -> None:
