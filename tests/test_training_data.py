@@ -42,6 +42,19 @@ def test_blob_fraction_sets_the_size_of_blob_anomalies(monkeypatch):
     assert max(c.lesion.sum() for c in small) < 0.02 * brain < min(c.lesion.sum() for c in large)
 
 
+def test_prepare_keeps_its_pseudo_copies_only_for_the_same_settings(cache):
+    """A rerun of ``prepare`` keeps the copies it made (it resumes); other settings into the same cache, such as
+    another ``--blob-fraction``, are one error naming the file instead of silently training on the old copies."""
+    from training.prepare import write_pseudo
+
+    path = cache / "pseudo" / "sub0.npz"
+    before = path.read_bytes()
+    assert write_pseudo(cache, "sub0", 3, [], [0, 0]) == path and path.read_bytes() == before
+    with pytest.raises(SystemExit, match="sub0.npz: made with other pseudo-pathology settings"):
+        write_pseudo(cache, "sub0", 3, [], [0, 0], (0.002, 0.1))
+    assert path.read_bytes() == before
+
+
 def test_real_lesion_masks_land_at_the_same_world_position(tmp_path):
     """A 1 mm MNI mask resampled to the 2 mm model grid stays at its world coordinates."""
     tpl = mni152()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import zlib
 from pathlib import Path
 
@@ -60,9 +61,16 @@ def main(args) -> int:
 
 def write_pseudo(cache: Path, stem: str, count: int, lesion_masks: list, seed: list[int],
                  blob_fraction: tuple[float, float] = BLOB_FRACTION) -> Path:
-    """``count`` anomalous copies of a cached scan, as ``cache/pseudo/<stem>.npz`` (kept if present)."""
+    """``count`` anomalous copies of a cached scan, as ``cache/pseudo/<stem>.npz``. A file already there is
+    kept (prepare resumes) if it was made with the same settings; other settings are one clear error."""
     path = cache / "pseudo" / f"{stem}.npz"
+    settings = json.dumps({"count": count, "seed": list(seed), "blob_fraction": list(blob_fraction)})
     if path.exists():
+        with np.load(path) as z:
+            made = str(z["settings"]) if "settings" in z.files else None  # files of earlier versions say nothing
+        if made is not None and made != settings:
+            raise SystemExit(f"{path}: made with other pseudo-pathology settings ({made}); prepare a cache of its "
+                             f"own for {settings}.")
         return path
     with np.load(cache / f"{stem}.npz") as z:
         image, mask = z["image"], z["mask"]
@@ -71,7 +79,8 @@ def write_pseudo(cache: Path, stem: str, count: int, lesion_masks: list, seed: l
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: np.savez_compressed(
         tmp, images=np.stack([c.image for c in copies]).astype(np.float16),
-        lesions=np.stack([c.lesion for c in copies]), kinds=np.array([c.kind for c in copies])))
+        lesions=np.stack([c.lesion for c in copies]), kinds=np.array([c.kind for c in copies]),
+        settings=np.array(settings)))
     return path
 
 
