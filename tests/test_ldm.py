@@ -134,9 +134,9 @@ def test_cldm_sees_the_condition_as_extra_channels():
 
 
 def test_ldm_tavg_averages_the_residual_maps_over_its_t_ints():
-    tavg = model_of("ldm-tavg")
+    tavg = model_of("ldm-tavg", inference_batch=3)  # the 4 brain slices in two batches, encoded once for all levels
     assert tavg.levels(250) == [75, 150, 250] and tavg.levels(100) == [25, 50, 100] and tavg.levels(30) == [30]
-    ldm = LatentDiffusionModel(validate_card(card("ldm")), "cpu", network=tavg.network)  # the same network
+    ldm = LatentDiffusionModel(validate_card(card("ldm", inference_batch=3)), "cpu", network=tavg.network)
     image, mask = volume()
     recon = tavg.reconstruct(image, mask, t_int=100, seed=3)
     each = [ldm.reconstruct(image, mask, t_int=t, seed=3) for t in (25, 50, 100)]

@@ -1,5 +1,6 @@
 """The training package on tiny data: every family fits, exports, reloads and detects; resume; torchrun;
 scanner-robust slabs and pseudo-pathology pairs."""
+import csv
 import json
 import subprocess
 import sys
@@ -169,3 +170,22 @@ def test_a_card_names_its_recipe_file_where_it_lives():
     assert export.recipe_file("restore-t1-large") == "training/recipes/experiments/restore-t1-large.json"
     for name in ("restore-t1", "restore-t1-large"):
         assert (repo / export.recipe_file(name)).is_file()
+
+
+def test_bench_speed_times_full_detections_and_writes_its_table(tmp_path):
+    from training import bench_speed
+    from training.__main__ import main as training_main
+
+    scan = tmp_path / "data" / bench_speed.LESION_CASES[bench_speed.SCAN][0]
+    scan.parent.mkdir(parents=True)
+    nib.save(phantom_scan(), scan)
+    out = tmp_path / "out"
+    assert training_main(["bench-speed", "--data", str(tmp_path / "data"), "--models", "intensity-t1", "--repeats", "2",
+                          "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader(open(out / "speed.csv")))
+    assert row["model"] == "intensity-t1" and row["device"] == "cpu"
+    assert 0 < float(row["min s"]) <= float(row["median s"]) <= float(row["max s"])
+    report = (out / "speed.md").read_text()
+    assert "--models intensity-t1 --repeats 2" in report and "| intensity-t1 |" in report
+    with pytest.raises(ValueError, match="repeats"):
+        bench_speed.time_detect(None, None, 0)

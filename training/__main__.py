@@ -8,7 +8,7 @@ import sys
 COMMANDS = {"prepare": "prepare", "fit": "fit", "export": "export", "calibrate": "calibrate", "variant": "variant",
             "evaluate": "evaluate",
             "bench-preprocess": "bench_preprocess", "bench-memory": "bench_memory",
-            "bench-synthetic": "bench_synthetic", "bench-cohort": "bench_cohort"}
+            "bench-synthetic": "bench_synthetic", "bench-cohort": "bench_cohort", "bench-speed": "bench_speed"}
 """Sub-command -> module of this package."""
 
 

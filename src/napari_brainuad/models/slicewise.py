@@ -122,23 +122,32 @@ class SliceModel(AnomalyModel):
             raise ModelError(f"{path}: weights do not match the '{card.family}' architecture ({first}).") from None
         return network
 
-    def iter_reconstruct(self, image, mask, t_int=None, seed=0) -> Steps[np.ndarray]:
+    def slice_batches(self, image: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor, dict]]:
+        """The inference batches over the brain's axial slices: (slice indices, (B, C, H, W) slabs with the
+        centre slice at channel ``context``, and the ``mask=`` keyword when :attr:`needs_mask`)."""
         slices = np.flatnonzero(mask.any(axis=(0, 1)))
-        out = np.zeros_like(image, dtype=np.float32)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        batches = [slices[i:i + self.batch_size] for i in range(0, len(slices), self.batch_size)]
         padded = np.pad(image, ((0, 0), (0, 0), (self.context, self.context)))
         offsets = np.arange(2 * self.context + 1)
-        for n, index in enumerate(batches):
-            slabs = padded[:, :, index[:, None] + offsets]  # (X, Y, B, C): centre slice at channel `context`
+        batches = []
+        for i in range(0, len(slices), self.batch_size):
+            index = slices[i:i + self.batch_size]
+            slabs = padded[:, :, index[:, None] + offsets]  # (X, Y, B, C)
             x = torch.from_numpy(np.ascontiguousarray(slabs.transpose(2, 3, 0, 1), dtype=np.float32)).to(self.device)
             extra = {}
             if self.needs_mask:
                 m = mask[:, :, index].transpose(2, 0, 1)[:, None]
                 extra["mask"] = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)).to(self.device)
+            batches.append((index, x, extra))
+        return batches
+
+    def iter_reconstruct(self, image, mask, t_int=None, seed=0) -> Steps[np.ndarray]:
+        out = np.zeros_like(image, dtype=np.float32)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        batches = self.slice_batches(image, mask)
+        for n, (index, x, extra) in enumerate(batches):
             y = yield from scaled(self.reconstruct_batch(x, t_int, generator, **extra), n / len(batches),
                                   (n + 1) / len(batches))
-            out[:, :, index] = y[:, 0].clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
+            put_slices(out, index, y)
         return np.where(mask, out, 0.0).astype(np.float32)
 
     def reconstruct_batch(self, x: torch.Tensor, t_int, generator) -> Steps[torch.Tensor]:
@@ -147,3 +156,8 @@ class SliceModel(AnomalyModel):
             y = self.network(x)
         yield Step(self.card.family, 1.0)
         return y
+
+
+def put_slices(volume: np.ndarray, index: np.ndarray, y: torch.Tensor) -> None:
+    """Write (B, 1, H, W) reconstructed slices, clamped to [0, 1], into ``volume``'s axial slices ``index``."""
+    volume[:, :, index] = y[:, 0].clamp(0, 1).cpu().numpy().transpose(1, 2, 0)

@@ -29,7 +29,7 @@ from torch import nn
 from ...progress import Step, scaled
 from ...scoring import residual_map
 from ..card import ModelError, read_card
-from ..slicewise import SliceModel
+from ..slicewise import SliceModel, put_slices
 from .ddpm import ddim_scheduler
 from .ldm_ae import AE_KEYS, LatentAutoencoderModel, autoencoder_kl, latent_shape
 from .vqvae import single_slice
@@ -162,17 +162,22 @@ class LatentDiffusionModel(SliceModel):
         return loss
 
     def reconstruct_batch(self, x, t_int, generator):
-        net = self.network
         with torch.inference_mode():
-            z0 = net.encode(x)
-            cond = net.prepare(z0)  # at inference the scan is its own condition
+            z0 = self.network.encode(x)
+            cond = self.network.prepare(z0)  # at inference the scan is its own condition
+        return (yield from self.denoise(z0, cond, t_int, generator))
+
+    def denoise(self, z0, cond, t_int, generator):
+        """Noise the scaled latents ``z0`` to ``t_int``, denoise them with DDIM steps under the prepared
+        condition ``cond`` and decode: (B, 1, H, W) slices; yield progress."""
+        net = self.network
         start = (t_int // self.stride) * self.stride
         timesteps = [int(t) for t in self.scheduler.timesteps if t <= start]
-        noise = torch.randn(z0.shape, generator=generator, device=x.device)
-        z = self.scheduler.add_noise(z0, noise, torch.full((x.shape[0],), start, device=x.device, dtype=torch.long))
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device)
+        z = self.scheduler.add_noise(z0, noise, torch.full((z0.shape[0],), start, device=z0.device, dtype=torch.long))
         for i, t in enumerate(timesteps):
             with torch.inference_mode():
-                eps = net(z, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), prepared=cond)
+                eps = net(z, torch.full((z0.shape[0],), t, device=z0.device, dtype=torch.long), prepared=cond)
                 z, _ = self.scheduler.step(eps, t, z)
             yield Step(f"denoising latents from t={start}", (i + 1) / (len(timesteps) + 1))
         with torch.inference_mode():
@@ -207,13 +212,23 @@ class LatentDiffusionTAvgModel(LatentDiffusionModel):
         return sorted({t for t in levels if t > 0} | {int(t_int)})
 
     def iter_reconstruct(self, image, mask, t_int=None, seed=0):
+        """One reconstruction per level, each exactly what ``ldm`` makes at that ``t_int`` with this ``seed``
+        (its own generator, drawn batch after batch); a batch is encoded once for all levels."""
         t_int = self.card.t_int["default"] if t_int is None else t_int
         levels = self.levels(t_int)
-        each = []
-        for n, level in enumerate(levels):
-            each.append((yield from scaled(super().iter_reconstruct(image, mask, t_int=level, seed=seed),
-                                           n / len(levels), (n + 1) / len(levels))))
-        return Reconstructions.of(each)
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for _ in levels]
+        each = [np.zeros_like(image, dtype=np.float32) for _ in levels]
+        batches = self.slice_batches(image, mask)
+        steps = len(batches) * len(levels)
+        for n, (index, x, _) in enumerate(batches):
+            with torch.inference_mode():
+                z0 = self.network.encode(x)
+                cond = self.network.prepare(z0)
+            for k, level in enumerate(levels):
+                done = n * len(levels) + k
+                y = yield from scaled(self.denoise(z0, cond, level, generators[k]), done / steps, (done + 1) / steps)
+                put_slices(each[k], index, y)
+        return Reconstructions.of([np.where(mask, r, 0.0).astype(np.float32) for r in each])
 
     def residual_map(self, image, reconstruction, mask, config):
         """The residual maps of every level's reconstruction, averaged (one reconstruction without its
