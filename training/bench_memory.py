@@ -22,6 +22,7 @@ from napari_brainuad.io import atomic_write
 from napari_brainuad.pipeline import write_csv
 
 from .data import SITES
+from .markdown import table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,7 +93,6 @@ def write_report(rows: list[dict], args, source: Path) -> None:
     lines = ["# Memory on very large scans", "",
              f"Made by `python -m training bench-memory --data {args.data}` on {time.strftime('%Y-%m-%d')}; "
              f"machine: {cpu}, 2 cores, CPU. Source scan: {source.name} (IXI, whole head), upsampled to 0.5 mm.", "",
-             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+             *table(columns, [[r[c] for c in columns] for r in rows])]
     text = "\n".join(lines) + "\n"
     atomic_write(args.out / "memory.md", lambda tmp: Path(tmp).write_text(text))

@@ -19,6 +19,7 @@ from napari_brainuad.models import load_model
 from napari_brainuad.pipeline import detect, write_csv
 
 from .cases import LESION_CASES
+from .markdown import table
 from .report import machine
 
 SCAN = "MSLUB-26"
@@ -71,7 +72,6 @@ def write_report(rows: list[dict], args) -> None:
              f"--threads {args.threads} --device {args.device}` on {time.strftime('%Y-%m-%d')}; machine: {machine(args)}. "
              f"One `detect` of {LESION_CASES[SCAN][0]} (1 mm, skull-stripped) with the model loaded, after one "
              f"warm-up detect; median and range of {args.repeats}.", "",
-             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+             *table(columns, [[r[c] for c in columns] for r in rows])]
     text = "\n".join(lines) + "\n"
     atomic_write(args.out / "speed.md", lambda tmp: Path(tmp).write_text(text))
