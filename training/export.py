@@ -55,6 +55,8 @@ def main(args) -> int:
                for k, v in saved["network"].items()}
     atomic_write(folder / "weights.safetensors", lambda tmp: save_file(tensors, tmp))
     cfg = recipe["training"]
+    cache = cfg.get("cache", {})  # a recipe trained on a cache prepared its own way names it and how
+    cache_folder = cache.get("folder", "cache")
     card = {
         "name": recipe["name"], "family": recipe["family"], "description": recipe["description"],
         "modality": recipe.get("modality", "T1"), **({"contrasts": recipe["contrasts"]} if "contrasts" in recipe else {}),
@@ -65,7 +67,10 @@ def main(args) -> int:
         "training": {"data": training_data(cfg.get("sites", []), saved.get("train_scans", {})),
                      "recipe": recipe_file(recipe["name"]),
                      "command": f"python -m training fit {recipe_file(recipe['name'])} --data "
-                                + " ".join(f"cache/{s}" for s in cfg.get("sites", [])) + f" --out runs/{recipe['name']}",
+                                + " ".join(f"{cache_folder}/{s}" for s in cfg.get("sites", []))
+                                + f" --out runs/{recipe['name']}",
+                     **({"prepare": f"python -m training prepare --data ../shared/data --cache {cache_folder} "
+                                    + cache["prepare"]} if "prepare" in cache else {}),
                      "steps": int(saved["step"]), "batch_size": cfg["batch_size"], "seed": cfg["seed"],
                      "wall_time_s": round(float(saved["seconds"]), 1), "machine": saved["machine"],
                      "parameters": int(sum(v.numel() for v in tensors.values())), "weights_dtype": str(dtype)[6:],
