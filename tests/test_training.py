@@ -59,6 +59,10 @@ def test_family_trains_exports_reloads_and_detects(family, cache, tmp_path):
     if family == "restore":  # its recipe pools the train scans into the normative statistics, and says so
         assert card["metrics"]["calibration"]["normative"]["splits"] == ["val", "train"]
         assert card["metrics"]["calibration"]["command"].endswith("--normative-train")
+        # trained on a cache prepared its own way: the card says how to make it
+        assert card["training"]["prepare"].endswith("--cache cache-big --pseudo-per-scan 8 --blob-fraction 0.002 0.1")
+    else:
+        assert "prepare" not in card["training"]
     model = load_model(folder, "cpu")
     path = tmp_path / "scan.nii.gz"
     nib.save(phantom_scan(step=2), path)
