@@ -119,6 +119,16 @@ def test_torchrun_two_cpu_processes(cache, tmp_path):
     assert saved["step"] == 2
 
 
+def test_fit_refuses_a_cache_whose_blobs_are_not_the_recipes(cache, tmp_path):
+    recipe = tmp_path / "tiny-restore.json"
+    recipe.write_text(json.dumps(tiny_recipe("restore")))  # restore-t1's recipe asks for blobs up to 10 %
+    cmd = [sys.executable, "-m", "training", "fit", str(recipe), "--data", str(cache), "--out", str(tmp_path / "run"),
+           "--device", "cpu", "--threads", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "--blob-fraction 0.002 0.1" in done.stderr
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
 def test_float16_weights_are_exported_and_loaded(cache, tmp_path):
     from safetensors.torch import load_file
 

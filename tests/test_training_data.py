@@ -89,6 +89,11 @@ def test_pseudo_pairs_carry_lesions_the_target_does_not(cache):
     assert healthy.lesion.sum() == 0
 
 
+def test_copies_made_with_other_blob_sizes_are_refused_by_name(cache):
+    with pytest.raises(SystemExit, match=r"pseudo.*\.npz: its random blobs cover 0.002-0.04 .* --blob-fraction 0.002 0.1"):
+        SliceData.from_cache(cache, "train", pseudo=True, blob_fraction=(0.002, 0.1))
+
+
 def test_robust_slabs_share_one_appearance_and_only_the_input_is_degraded(cache):
     data = SliceData.from_cache(cache, "train")
     plain = data.batch(8, torch.Generator().manual_seed(2), augment=False)

@@ -9,6 +9,7 @@ calibrate, evaluate) reads only caches.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 
 from napari_brainuad.io import atomic_write, read_volume
 from napari_brainuad.preprocess import preprocess
+
+from .pseudo import BLOB_FRACTION
 
 
 @dataclass(frozen=True)
@@ -193,9 +196,11 @@ class SliceData:
 
     @classmethod
     def from_cache(cls, caches: list[Path] | Path, split: str = "train", pseudo: bool = False,
-                   balance_sites: bool = False) -> "SliceData":
-        """Cached volumes of ``split`` from site caches, with their pseudo-pathology copies if ``pseudo``;
-        each cache is one site (``balance_sites``: draw the sites equally often)."""
+                   balance_sites: bool = False,
+                   blob_fraction: tuple[float, float] = BLOB_FRACTION) -> "SliceData":
+        """Cached volumes of ``split`` from site caches, with their pseudo-pathology copies if ``pseudo``
+        (made with random blobs covering ``blob_fraction`` of the brain, checked against what ``prepare``
+        recorded); each cache is one site (``balance_sites``: draw the sites equally often)."""
         caches = [caches] if isinstance(caches, (str, Path)) else list(caches)
         volumes = cached_volumes(caches, split)
         copies = None
@@ -207,6 +212,12 @@ class SliceData:
                     raise FileNotFoundError(f"{copy}: no pseudo-pathology copies; run 'python -m training prepare "
                                             "--pseudo-per-scan K' first.")
                 with np.load(copy) as z:
+                    made = json.loads(str(z["settings"]))["blob_fraction"] if "settings" in z.files \
+                        else list(BLOB_FRACTION)  # files of earlier versions: the default
+                    if made != list(blob_fraction):
+                        raise SystemExit(f"{copy}: its random blobs cover {made[0]}-{made[1]} of the brain, not the "
+                                         f"{blob_fraction[0]}-{blob_fraction[1]} asked for; use a cache prepared with "
+                                         f"--blob-fraction {blob_fraction[0]} {blob_fraction[1]}.")
                     copies.append((torch.from_numpy(z["images"]), torch.from_numpy(z["lesions"])))
         counts = [len(cached_split(c, split)) for c in caches]
         sites = np.repeat(np.arange(len(caches)), counts)

@@ -55,8 +55,7 @@ def main(args) -> int:
                for k, v in saved["network"].items()}
     atomic_write(folder / "weights.safetensors", lambda tmp: save_file(tensors, tmp))
     cfg = recipe["training"]
-    cache = cfg.get("cache", {})  # a recipe trained on a cache prepared its own way names it and how
-    cache_folder = cache.get("folder", "cache")
+    cache_folder = cfg.get("cache", "cache")  # a recipe whose pseudo-pathology is not the default names its cache
     card = {
         "name": recipe["name"], "family": recipe["family"], "description": recipe["description"],
         "modality": recipe.get("modality", "T1"), **({"contrasts": recipe["contrasts"]} if "contrasts" in recipe else {}),
@@ -70,7 +69,8 @@ def main(args) -> int:
                                 + " ".join(f"{cache_folder}/{s}" for s in cfg.get("sites", []))
                                 + f" --out runs/{recipe['name']}",
                      **({"prepare": f"python -m training prepare --data ../shared/data --cache {cache_folder} "
-                                    + cache["prepare"]} if "prepare" in cache else {}),
+                                    "--pseudo-per-scan 8 --blob-fraction " + " ".join(map(str, cfg["blob_fraction"]))}
+                        if "blob_fraction" in cfg else {}),
                      "steps": int(saved["step"]), "batch_size": cfg["batch_size"], "seed": cfg["seed"],
                      "wall_time_s": round(float(saved["seconds"]), 1), "machine": saved["machine"],
                      "parameters": int(sum(v.numel() for v in tensors.values())), "weights_dtype": str(dtype)[6:],
