@@ -19,8 +19,6 @@ import torch
 from napari_brainuad.io import atomic_write, read_volume
 from napari_brainuad.preprocess import preprocess
 
-from .pseudo import BLOB_FRACTION
-
 
 @dataclass(frozen=True)
 class Site:
@@ -197,14 +195,16 @@ class SliceData:
     @classmethod
     def from_cache(cls, caches: list[Path] | Path, split: str = "train", pseudo: bool = False,
                    balance_sites: bool = False,
-                   blob_fraction: tuple[float, float] = BLOB_FRACTION) -> "SliceData":
+                   blob_fraction: tuple[float, float] | None = None) -> "SliceData":
         """Cached volumes of ``split`` from site caches, with their pseudo-pathology copies if ``pseudo``
-        (made with random blobs covering ``blob_fraction`` of the brain, checked against what ``prepare``
-        recorded); each cache is one site (``balance_sites``: draw the sites equally often)."""
+        (made with random blobs covering ``blob_fraction`` of the brain, default prepare's, checked against
+        what ``prepare`` recorded); each cache is one site (``balance_sites``: draw the sites equally often)."""
         caches = [caches] if isinstance(caches, (str, Path)) else list(caches)
         volumes = cached_volumes(caches, split)
         copies = None
         if pseudo:
+            from .pseudo import BLOB_FRACTION  # here, not at the top: evaluation loads this module, not pseudo.py
+            blob_fraction = blob_fraction or BLOB_FRACTION
             copies = []
             for path in [f for c in caches for f in cached_split(c, split)]:
                 copy = path.parent / "pseudo" / path.name
