@@ -90,6 +90,22 @@ def test_scoring_variant_shares_the_weights_and_is_calibrated_for_its_own_scorin
     with pytest.raises(ModelError):
         make_variant("ae-t1", tmp_path / "bad", scoring={"polarity": "up"})
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="diffusion models only"):
+        make_variant("ae-t1", tmp_path / "no-t", t_int={"steps": 50})
+
+
+def test_a_t_int_variant_samples_with_its_own_ddim_stride(tmp_path):
+    """``--t-int`` changes a diffusion model's DDIM stride and range, nothing else."""
+    from napari_brainuad.models.families.ddpm import ddim_scheduler
+    from training.variant import make_variant
+
+    source = find_card("ddpm-t1")
+    out = make_variant("ddpm-t1", tmp_path / "ddpm-s50", t_int={"steps": 50, "min": 50, "max": 450})
+    card = find_card(out)
+    assert card.t_int == {**source.t_int, "steps": 50, "min": 50, "max": 450}
+    assert card.scoring == source.scoring and card.metrics["variant"]["t_int"] == card.t_int
+    assert "T_int steps 50" in card.description
+    assert ddim_scheduler(card)[1] == 50 and ddim_scheduler(source)[1] == 25
 
 
 def test_outlier_scans_are_those_far_above_their_sites_median():
