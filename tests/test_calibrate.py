@@ -100,12 +100,13 @@ def test_a_t_int_variant_samples_with_its_own_ddim_stride(tmp_path):
     from training.variant import make_variant
 
     source = find_card("ddpm-t1")
-    out = make_variant("ddpm-t1", tmp_path / "ddpm-s50", t_int={"steps": 50, "min": 50, "max": 450})
+    coarse = {"steps": 125, "min": 125, "max": 375}
+    out = make_variant("ddpm-t1", tmp_path / "ddpm-s125", t_int=coarse)
     card = find_card(out)
-    assert card.t_int == {**source.t_int, "steps": 50, "min": 50, "max": 450}
+    assert card.t_int == {**source.t_int, **coarse}
     assert card.scoring == source.scoring and card.metrics["variant"]["t_int"] == card.t_int
-    assert "T_int steps 50" in card.description
-    assert ddim_scheduler(card)[1] == 50 and ddim_scheduler(source)[1] == 25
+    assert "T_int steps 125" in card.description
+    assert ddim_scheduler(card)[1] == 125 != ddim_scheduler(source)[1]
 
 
 def test_outlier_scans_are_those_far_above_their_sites_median():
