@@ -23,7 +23,6 @@ from napari_brainuad.models import ModelError, read_card, resolve_device
 from napari_brainuad.models.families import learned_family
 
 from .data import SliceData
-from .pseudo import BLOB_FRACTION
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -63,7 +62,7 @@ def main(args) -> int:
     else:
         data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0,
                                     balance_sites=recipe["training"].get("balance_sites", False),
-                                    blob_fraction=tuple(recipe["training"].get("blob_fraction", BLOB_FRACTION)))
+                                    blob_fraction=recipe["training"].get("blob_fraction"))
     state = fit(recipe, data, out, device, args.resume, rank, world)
     if rank == 0:
         print(f"{recipe['name']}: {state['step']} steps, final loss {state['loss']:.5f}, "
