@@ -109,3 +109,15 @@ def test_restore_any_with_slice_context_trains_exports_and_detects(cache, tmp_pa
     tpl = mni152()
     recon = model.reconstruct(tpl.image * tpl.mask, tpl.mask, seed=0)
     assert recon.shape == tpl.shape and np.isfinite(recon).all()
+
+
+def test_a_recipes_lesion_fraction_sets_the_size_of_the_synthetic_lesions():
+    yy, xx = np.mgrid[:64, :64]
+    mask = np.repeat((np.hypot(xx - 32, yy - 32) < 28)[..., None], 10, axis=2)
+    volume = {"image": np.where(mask, 0.6, 0.0).astype(np.float32), "mask": mask}
+    areas = {}
+    for fraction in (None, (0.15, 0.2)):
+        data = SynthData([volume], synth_prob=0.0, lesion_fraction=fraction)
+        lesions = [data.sample(seed, augment=False, lesion_prob=1.0)[3] for seed in range(12)]
+        areas[fraction] = np.median([float(lesion.sum()) / mask[..., 0].sum() for lesion in lesions])
+    assert areas[None] < 0.05 < 0.1 < areas[(0.15, 0.2)]

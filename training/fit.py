@@ -58,7 +58,8 @@ def main(args) -> int:
             raise ValueError(f"{args.recipe}: 'balance_sites' is not implemented for synthetic-contrast recipes "
                              "('synth_prob'); remove one of the two.")
 
-        data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"])
+        data = SynthData.from_cache(args.data, "train", recipe["training"]["synth_prob"],
+                                    lesion_fraction=recipe["training"].get("lesion_fraction"))
     else:
         data = SliceData.from_cache(args.data, "train", pseudo=recipe["training"].get("pseudo_prob", 0) > 0,
                                     balance_sites=recipe["training"].get("balance_sites", False),

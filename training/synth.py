@@ -232,13 +232,16 @@ class SynthData:
         ``labels`` and ``tissues`` (int, same grid).
     synth_prob : share of samples rendered in a random contrast from labels (when any volume has them).
     prior : (3, X, Y, Z) tissue priors on the volumes' grid, or None.
+    lesion_fraction : (low, high) range of the fraction of the slice's brain a synthetic lesion covers,
+        or None for :func:`~napari_brainuad.synthetic.random_blobs`' 2D default (0.005, 0.04).
     """
 
     def __init__(self, volumes: list[dict], synth_prob: float = 0.7, prior: np.ndarray | None = None,
-                 min_fraction: float = 0.15):
+                 min_fraction: float = 0.15, lesion_fraction: tuple[float, float] | None = None):
         self.volumes = volumes
         self.synth_prob = synth_prob
         self.prior = prior
+        self.lesion_fraction = None if lesion_fraction is None else tuple(lesion_fraction)
         self.slices, self.labelled = [], []
         for v, vol in enumerate(volumes):
             area = vol["mask"].sum(axis=(0, 1))
@@ -251,7 +254,8 @@ class SynthData:
         self.n_volumes: dict[str, int] = {}
 
     @classmethod
-    def from_cache(cls, caches: list[Path] | Path, split: str = "train", synth_prob: float = 0.7) -> "SynthData":
+    def from_cache(cls, caches: list[Path] | Path, split: str = "train", synth_prob: float = 0.7,
+                   lesion_fraction: tuple[float, float] | None = None) -> "SynthData":
         """Every cached scan of ``split``, with its labels when ``prepare`` cached them (``--labels``)."""
         caches = [caches] if isinstance(caches, (str, Path)) else list(caches)
         volumes, counts = [], {}
@@ -265,7 +269,7 @@ class SynthData:
             raise FileNotFoundError(f"{', '.join(map(str, caches))}: no cached '{split}' scans; "
                                     "run 'python -m training prepare' first.")
         prior = mni152_tissue_priors() if volumes[0]["image"].shape == MNI_SHAPE else None
-        data = cls(volumes, synth_prob, prior)
+        data = cls(volumes, synth_prob, prior, lesion_fraction=lesion_fraction)
         data.n_volumes = counts
         return data
 
@@ -317,7 +321,7 @@ class SynthData:
             clean = aug.appearance(clean, masks_t, int(rng.integers(2**31 - 1)))
         sick, lesion = clean.numpy(), np.zeros(m.shape, bool)
         if m[context].sum() > 50 and rng.random() < lesion_prob:
-            sick, lesion = add_lesion(sick, m, rng, context=context)
+            sick, lesion = add_lesion(sick, m, rng, fraction=self.lesion_fraction, context=context)
         if synth:
             sick = degrade(flat(sick.transpose(1, 2, 0)), flat(m.transpose(1, 2, 0)), rng)
             sick = sick.reshape(m.shape[1:] + (n,)).transpose(2, 0, 1)
