@@ -2,10 +2,12 @@
 
     PYTHONPATH=. .venv/bin/python docs/probe_lesion_intensity.py --cache cache/oasis \
         --models restore-any runs/restore-any-large-model
+    PYTHONPATH=. .venv/bin/python docs/probe_lesion_intensity.py --cache cache/oasis \
+        --models restore-any runs/restore-any-large-model --fraction 0.06 0.1
 
 The first ``--scans`` OASIS ``test`` brains of a ``prepare`` cache are rendered FLAIR-like from their label
-maps (``training.synth.CONTRASTS``), each with one fluid-driven lesion of 1-3 % of the brain (about the size
-of a glioma's oedema), painted at each ``--levels`` intensity (on the scale of the tissue means: CSF 0.02-0.12,
+maps (``training.synth.CONTRASTS``), each with one fluid-driven lesion covering ``--fraction`` of the brain
+(default 1-3 %; the development gliomas cover 6-10 %), painted at each ``--levels`` intensity (on the scale of the tissue means: CSF 0.02-0.12,
 WM 0.35-0.45, GM 0.5-0.6) into the same rendering. Prints, per model and level, the mean "lesion kept": the
 least-squares coefficient of (reconstruction - healthy rendering) on (lesion rendering - healthy rendering)
 over the lesion's voxels (0: removed, 1: copied), as the evaluation's ``lesion kept`` column.
@@ -29,6 +31,8 @@ def main() -> int:
     p.add_argument("--cache", type=Path, required=True, help="OASIS site cache of `python -m training prepare`")
     p.add_argument("--models", nargs="+", required=True, help="bundled model names or model folders")
     p.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.95])
+    p.add_argument("--fraction", type=float, nargs=2, default=[0.01, 0.03], metavar=("LOW", "HIGH"),
+                   help="range of the brain's fraction a lesion covers")
     p.add_argument("--scans", type=int, default=6)
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
@@ -38,7 +42,7 @@ def main() -> int:
     for i, case in enumerate(cached_cases(args.cache, "test")[:args.scans]):
         maps = cached_labels(next(args.cache.glob(f"{case.name}_*.npz")))
         rng = np.random.default_rng([args.seed, i])
-        P = fluid_pathology(random_blobs(case.mask, rng, (0.01, 0.03)), case.mask, rng) * case.mask
+        P = fluid_pathology(random_blobs(case.mask, rng, tuple(args.fraction)), case.mask, rng) * case.mask
         lesion = (P > 0.5) & case.mask
 
         def render(**paint):  # the same rendering draws every time: only the lesion differs
