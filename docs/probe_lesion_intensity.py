@@ -9,8 +9,8 @@ The first ``--scans`` OASIS ``test`` brains of a ``prepare`` cache are rendered 
 maps (``training.synth.CONTRASTS``), each with one fluid-driven lesion covering ``--fraction`` of the brain
 (default 1-3 %; the development gliomas cover 6-10 %), painted at each ``--levels`` intensity (on the scale of the tissue means: CSF 0.02-0.12,
 WM 0.35-0.45, GM 0.5-0.6) into the same rendering. Prints, per model and level, the mean "lesion kept": the
-least-squares coefficient of (reconstruction - healthy rendering) on (lesion rendering - healthy rendering)
-over the lesion's voxels (0: removed, 1: copied), as the evaluation's ``lesion kept`` column.
+evaluation's :func:`training.measures.lesion_kept` (0: removed, 1: copied) with the healthy rendering as the
+healthy scan.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from napari_brainuad.models import load_model
 from napari_brainuad.synthetic import fluid_pathology, random_blobs
 from training.cases import cached_cases
 from training.data import cached_labels
+from training.measures import lesion_kept
 from training.synth import CONTRASTS, contrast_image
 
 
@@ -52,14 +53,12 @@ def main() -> int:
         healthy = render()
         for v in args.levels:
             sick = render(lesion=P, lesion_mean=v)
-            d = (sick - healthy)[lesion]
             for name, model in models.items():
-                r = (model.reconstruct(sick, case.mask) - healthy)[lesion]
-                kept[name][v].append(float((r * d).sum() / max(float((d * d).sum()), 1e-9)))
+                kept[name][v].append(lesion_kept(model.reconstruct(sick, case.mask), sick, healthy, lesion))
         print(f"{case.name}: lesion {lesion.sum() * 0.008:.1f} ml", flush=True)
     print("lesion kept (mean over scans) by lesion intensity " + " ".join(f"{v:g}" for v in args.levels))
     for name in models:
-        print(name, " ".join(f"{np.mean(kept[name][v]):.2f}" for v in args.levels))
+        print(name, " ".join(f"{np.nanmean(kept[name][v]):.2f}" for v in args.levels))
     return 0
 
 
